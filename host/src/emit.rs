@@ -1,0 +1,157 @@
+//! Writing segments: each one a standalone ONNX model (its nodes, only the weights it reads, typed inputs
+//! and outputs, the source's operator sets), and the output folder written all at once or not at all.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use tract_onnx::pb::{
+    self, GraphProto, ModelProto, StringStringEntryProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+use crate::onnx::{Graph, OnnxModel, TensorKind};
+use crate::plan::{Liveness, SegmentCost, file::TensorSpec};
+use crate::{Error, Result, progress};
+
+/// Metadata keys carried by every segment model, read by the segment runtime.
+pub mod keys {
+    /// The source model's name.
+    pub const MODEL: &str = "netless.model";
+    /// The segment's index in the pipeline.
+    pub const INDEX: &str = "netless.segment.index";
+    /// The number of segments.
+    pub const COUNT: &str = "netless.segment.count";
+    /// sha256 of the source model.
+    pub const SOURCE_SHA256: &str = "netless.source.sha256";
+}
+
+/// The ONNX model of segment `index` of `count`, covering `seg` of the order in `live`.
+pub fn segment_model(
+    model: &OnnxModel,
+    graph: &Graph,
+    live: &Liveness,
+    seg: &SegmentCost,
+    index: usize,
+    count: usize,
+) -> ModelProto {
+    let source = model.graph();
+    let positions = seg.start..seg.end;
+    let nodes: Vec<usize> = live.order[positions.clone()].to_vec();
+    let weights: BTreeSet<usize> = nodes.iter().flat_map(|&n| graph.nodes[n].inputs.iter().copied()).filter(|&t| graph.tensors[t].is_weight()).collect();
+    let mut node_protos = Vec::new();
+    let mut initializers = Vec::new();
+    for &w in &weights {
+        match graph.tensors[w].kind {
+            TensorKind::Initializer(i) => initializers.push(source.initializer[i].clone()),
+            TensorKind::Constant(i) => node_protos.push(source.node[i].clone()),
+            _ => unreachable!("weights are initializers or constants"),
+        }
+    }
+    node_protos.extend(nodes.iter().map(|&n| source.node[graph.nodes[n].proto_index].clone()));
+    let spec = |t: &usize| value_info(&tensor_spec(graph, *t));
+    let metadata = [
+        (keys::MODEL, model.name()),
+        (keys::INDEX, index.to_string()),
+        (keys::COUNT, count.to_string()),
+        (keys::SOURCE_SHA256, model.sha256.clone()),
+    ];
+    ModelProto {
+        ir_version: model.proto.ir_version.max(4),
+        opset_import: model.proto.opset_import.clone(),
+        producer_name: "netless".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        functions: model.proto.functions.clone(),
+        metadata_props: metadata
+            .into_iter()
+            .map(|(key, value)| StringStringEntryProto { key: key.into(), value })
+            .collect(),
+        graph: Some(GraphProto {
+            name: format!("{}-seg-{index}", model.name()),
+            node: node_protos,
+            initializer: initializers,
+            input: live.crossing[seg.start].iter().map(spec).collect(),
+            output: live.crossing[seg.end].iter().map(spec).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The name, type and shape of a tensor of the graph.
+pub fn tensor_spec(graph: &Graph, t: usize) -> TensorSpec {
+    let tensor = &graph.tensors[t];
+    TensorSpec { name: tensor.name.clone(), dtype: tensor.dtype, shape: tensor.shape.clone() }
+}
+
+fn value_info(spec: &TensorSpec) -> ValueInfoProto {
+    let dim = spec
+        .shape
+        .iter()
+        .map(|&d| pb::tensor_shape_proto::Dimension {
+            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d as i64)),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: spec.name.clone(),
+        r#type: Some(TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: spec.dtype.onnx_code(),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Encodes a model to bytes.
+pub fn encode(model: &ModelProto) -> Vec<u8> {
+    model.encode_to_vec()
+}
+
+/// Writes `files` (name, bytes) into `out` all at once: into a sibling folder first, renamed into place
+/// when every file is written. An existing `out` is replaced only if it is empty or a previous NetLess
+/// output (it holds a plan.json).
+pub fn write_folder(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+    if out.exists() {
+        let is_ours = out.join(crate::plan::file::FILE_NAME).is_file();
+        let is_empty = out.read_dir().map_err(Error::io(out))?.next().is_none();
+        if !out.is_dir() || !(is_ours || is_empty) {
+            return Err(Error::Plan {
+                path: out.to_owned(),
+                reason: "exists and is not a NetLess output folder; refusing to overwrite it".into(),
+            });
+        }
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(Error::io(&parent))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let result = write_staged(&staging, files).and_then(|()| {
+        if out.exists() {
+            std::fs::remove_dir_all(out).map_err(Error::io(out))?;
+        }
+        std::fs::rename(&staging, out).map_err(Error::io(out))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+fn write_staged(staging: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+    std::fs::create_dir_all(staging).map_err(Error::io(staging))?;
+    let total = files.iter().map(|(_, b)| b.len() as u64).sum();
+    let bar = progress::bytes(total, "writing");
+    for (name, bytes) in files {
+        let path = staging.join(name);
+        std::fs::write(&path, bytes).map_err(Error::io(&path))?;
+        bar.inc(bytes.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The errors of the NetLess library: each names the thing at fault.
+
+use std::path::PathBuf;
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while loading, planning, writing or verifying a split.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or folder could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying failure.
+        source: std::io::Error,
+    },
+    /// The file is not an ONNX model (or is truncated or corrupt).
+    #[error("{}: not a valid ONNX model: {reason}", path.display())]
+    NotOnnx {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The model uses an operator that the runtime cannot run.
+    #[error("node `{node}` uses operator `{op}`, which NetLess's runtime (tract) does not support")]
+    UnsupportedOperator {
+        /// The node's name.
+        node: String,
+        /// The operator, with its domain when not the default one.
+        op: String,
+    },
+    /// An input's shape is missing, dynamic or malformed.
+    #[error("input `{input}`: {reason}")]
+    InputShape {
+        /// The model input.
+        input: String,
+        /// What is wrong and what to pass instead.
+        reason: String,
+    },
+    /// Shapes or types could not be resolved for the given inputs.
+    #[error("shape inference failed: {0}")]
+    ShapeInference(String),
+    /// One node alone needs more memory than the limit allows.
+    #[error(
+        "node `{node}` ({op}) alone needs an estimated {needed} bytes ({needed_mib:.1} MiB), over the limit of {limit} bytes; the smallest limit that works is {smallest} bytes ({smallest_mib:.1} MiB)"
+    )]
+    NodeTooLarge {
+        /// The node's name.
+        node: String,
+        /// Its operator.
+        op: String,
+        /// The estimate for a segment holding only this node.
+        needed: u64,
+        /// `needed` in MiB, for the message.
+        needed_mib: f64,
+        /// The memory limit asked for.
+        limit: u64,
+        /// The smallest limit for which any partition exists.
+        smallest: u64,
+        /// `smallest` in MiB, for the message.
+        smallest_mib: f64,
+    },
+    /// No partition satisfies the request.
+    #[error("no partition fits: {0}")]
+    Infeasible(String),
+    /// A plan file or output folder is missing, malformed or inconsistent.
+    #[error("{}: {reason}", path.display())]
+    Plan {
+        /// The plan file or folder.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Running a model in native tract failed.
+    #[error("running {what} in tract: {reason}")]
+    Tract {
+        /// The model or segment.
+        what: String,
+        /// tract's error chain.
+        reason: String,
+    },
+    /// A tensor given by the user does not fit the model.
+    #[error("tensor `{name}`: {reason}")]
+    Tensor {
+        /// The tensor.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O failure with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}

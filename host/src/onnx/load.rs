@@ -1,0 +1,124 @@
+//! Reading an ONNX file: protobuf decoding with progress, sanity checks, and inlining of external data.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tract_onnx::pb::{GraphProto, ModelProto, TensorProto};
+
+use crate::{Error, Result, progress};
+
+/// `TensorProto.DataLocation.EXTERNAL`.
+const EXTERNAL: i32 = 1;
+
+/// An ONNX model as read from disk, with external data already inlined.
+#[derive(Clone, Debug)]
+pub struct OnnxModel {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The decoded protobuf.
+    pub proto: ModelProto,
+    /// sha256 of the file's bytes, lower-case hex.
+    pub sha256: String,
+    /// Size of the file in bytes.
+    pub file_bytes: u64,
+}
+
+impl OnnxModel {
+    /// Reads, decodes and checks an ONNX file, showing a progress bar on a terminal.
+    pub fn load(path: &Path) -> Result<OnnxModel> {
+        let file = std::fs::File::open(path).map_err(Error::io(path))?;
+        let len = file.metadata().map_err(Error::io(path))?.len();
+        let bar = progress::bytes(len, "loading");
+        let mut bytes = Vec::with_capacity(len as usize);
+        bar.wrap_read(file).read_to_end(&mut bytes).map_err(Error::io(path))?;
+        bar.finish_and_clear();
+        let mut model = Self::from_bytes(path, &bytes)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        inline_external_data(path, dir, &mut model.proto)?;
+        Ok(model)
+    }
+
+    /// Decodes and checks ONNX bytes; `path` only names the model in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
+        let not_onnx = |reason: String| Error::NotOnnx { path: path.to_owned(), reason };
+        let proto = ModelProto::decode(bytes).map_err(|e| {
+            not_onnx(format!("protobuf decoding failed ({e}); the file is truncated, corrupt or not ONNX"))
+        })?;
+        if proto.ir_version <= 0 {
+            return Err(not_onnx("it has no ir_version".into()));
+        }
+        if proto.opset_import.is_empty() {
+            return Err(not_onnx("it imports no operator set".into()));
+        }
+        let graph = proto.graph.as_ref().ok_or_else(|| not_onnx("it has no graph".into()))?;
+        if graph.node.is_empty() {
+            return Err(not_onnx("its graph has no nodes".into()));
+        }
+        if graph.output.is_empty() {
+            return Err(not_onnx("its graph has no outputs".into()));
+        }
+        Ok(OnnxModel {
+            path: path.to_owned(),
+            sha256: hex(&Sha256::digest(bytes)),
+            file_bytes: bytes.len() as u64,
+            proto,
+        })
+    }
+
+    /// The graph (checked to be present when the model was loaded).
+    pub fn graph(&self) -> &GraphProto {
+        self.proto.graph.as_ref().expect("checked at load")
+    }
+
+    /// The model's name: the file stem.
+    pub fn name(&self) -> String {
+        self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+    }
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Replaces every tensor stored in an external file (`.onnx.data`) with its bytes, so that segments are
+/// self-contained.
+fn inline_external_data(path: &Path, dir: &Path, proto: &mut ModelProto) -> Result<()> {
+    let Some(graph) = proto.graph.as_mut() else { return Ok(()) };
+    let tensors = graph.initializer.iter_mut().chain(
+        graph.node.iter_mut().flat_map(|n| n.attribute.iter_mut()).filter_map(|a| a.t.as_mut()),
+    );
+    for tensor in tensors {
+        if tensor.data_location == Some(EXTERNAL) {
+            tensor.raw_data = read_external(path, dir, tensor)?;
+            tensor.data_location = None;
+            tensor.external_data.clear();
+        }
+    }
+    Ok(())
+}
+
+fn read_external(path: &Path, dir: &Path, tensor: &TensorProto) -> Result<Vec<u8>> {
+    let bad = |reason: String| Error::NotOnnx {
+        path: path.to_owned(),
+        reason: format!("tensor `{}`: external data {reason}", tensor.name),
+    };
+    let entry = |key: &str| tensor.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
+    let location = entry("location").ok_or_else(|| bad("has no location".into()))?;
+    let number = |key: &str| -> Result<Option<u64>> {
+        entry(key).map(|v| v.parse::<u64>().map_err(|_| bad(format!("has a bad {key} `{v}`")))).transpose()
+    };
+    let offset = number("offset")?.unwrap_or(0);
+    let file = dir.join(location);
+    if Path::new(location).is_absolute() || location.split(['/', '\\']).any(|p| p == "..") {
+        return Err(bad(format!("location `{location}` leaves the model's folder")));
+    }
+    let data = std::fs::read(&file).map_err(Error::io(&file))?;
+    let length = number("length")?.unwrap_or(data.len() as u64 - offset.min(data.len() as u64));
+    let end = offset.checked_add(length).filter(|&e| e <= data.len() as u64).ok_or_else(|| {
+        bad(format!("range {offset}+{length} is past the end of {} ({} bytes)", file.display(), data.len()))
+    })?;
+    Ok(data[offset as usize..end as usize].to_vec())
+}

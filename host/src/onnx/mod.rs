@@ -1,0 +1,12 @@
+//! Reading an ONNX model: the file ([`load`]), its tensors' types and shapes ([`graph`]) and the cost of every
+//! node ([`cost`]).
+
+pub mod cost;
+pub mod dtype;
+pub mod graph;
+pub mod load;
+
+pub use dtype::ElemType;
+pub use graph::{Graph, Node, NodeId, Tensor, TensorId, TensorKind};
+pub use load::OnnxModel;
+pub use tract_onnx::pb;

@@ -1,0 +1,155 @@
+//! Topological orders of the graph and the liveness facts of each: which tensors cross every cut point.
+//!
+//! A cut between positions `c-1` and `c` of an order splits the model into a prefix and a suffix. Every
+//! tensor made in the prefix (or given as a model input) and read in the suffix (or returned as a model
+//! output) crosses that cut; segments pass such tensors along, so the pipeline stays a chain. Different
+//! orders give different crossing sets, so the planner tries several and keeps the best.
+
+use crate::onnx::{Graph, NodeId, TensorId};
+
+/// The named topological orders the planner tries.
+pub fn candidates(graph: &Graph) -> Vec<(&'static str, Vec<NodeId>)> {
+    vec![
+        ("file", kahn(graph, |_, _| 0)),
+        ("depth-first", kahn(graph, |graph, ctx| ctx.most_recent_input(graph))),
+        ("memory-greedy", kahn(graph, |graph, ctx| ctx.bytes_freed(graph))),
+    ]
+}
+
+/// What a priority function sees of a ready node.
+struct Ready<'a> {
+    node: NodeId,
+    position: &'a [Option<usize>],
+    remaining_uses: &'a [usize],
+}
+
+impl Ready<'_> {
+    /// Position of the latest-placed producer among its inputs: high for nodes continuing the current chain.
+    fn most_recent_input(&self, graph: &Graph) -> i64 {
+        graph.nodes[self.node]
+            .inputs
+            .iter()
+            .filter_map(|&t| graph.tensors[t].producer)
+            .filter_map(|p| self.position[p])
+            .max()
+            .map_or(-1, |p| p as i64)
+    }
+
+    /// Bytes of activations it frees (inputs it reads last) minus bytes it makes.
+    fn bytes_freed(&self, graph: &Graph) -> i64 {
+        let node = &graph.nodes[self.node];
+        let freed: u64 = node
+            .inputs
+            .iter()
+            .filter(|&&t| !graph.tensors[t].is_weight() && self.remaining_uses[t] == 1 && !graph.outputs.contains(&t))
+            .map(|&t| graph.tensors[t].bytes())
+            .sum();
+        let made: u64 = node.outputs.iter().map(|&t| graph.tensors[t].bytes()).sum();
+        freed as i64 - made as i64
+    }
+}
+
+/// Kahn's algorithm; among ready nodes it takes the highest priority, then the earliest in the file.
+fn kahn(graph: &Graph, priority: impl Fn(&Graph, &Ready) -> i64) -> Vec<NodeId> {
+    let n = graph.nodes.len();
+    let mut waiting: Vec<usize> = graph
+        .nodes
+        .iter()
+        .map(|node| node.inputs.iter().filter(|&&t| graph.tensors[t].producer.is_some()).count())
+        .collect();
+    let mut remaining_uses: Vec<usize> = graph.tensors.iter().map(|t| t.consumers.len()).collect();
+    let mut position = vec![None; n];
+    let mut ready: Vec<NodeId> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while !ready.is_empty() {
+        let (slot, _) = ready
+            .iter()
+            .enumerate()
+            .map(|(slot, &node)| {
+                let ctx = Ready { node, position: &position, remaining_uses: &remaining_uses };
+                (slot, (priority(graph, &ctx), std::cmp::Reverse(node)))
+            })
+            .max_by_key(|(_, key)| *key)
+            .expect("ready is not empty");
+        let node = ready.swap_remove(slot);
+        position[node] = Some(order.len());
+        order.push(node);
+        for &t in &graph.nodes[node].inputs {
+            remaining_uses[t] = remaining_uses[t].saturating_sub(1);
+        }
+        for &t in &graph.nodes[node].outputs {
+            for &consumer in &graph.tensors[t].consumers {
+                waiting[consumer] -= 1;
+                if waiting[consumer] == 0 {
+                    ready.push(consumer);
+                }
+            }
+        }
+    }
+    order
+}
+
+/// Liveness of every activation along one order, and what crosses each cut point.
+#[derive(Clone, Debug)]
+pub struct Liveness {
+    /// The order.
+    pub order: Vec<NodeId>,
+    /// `crossing[c]`: tensors crossing the cut before position `c` (`0..=n`), in tensor order.
+    pub crossing: Vec<Vec<TensorId>>,
+    /// Bytes of `crossing[c]`.
+    pub crossing_bytes: Vec<u64>,
+    /// Bytes of activations alive while position `t` runs (its inputs and outputs included).
+    pub live_bytes: Vec<u64>,
+    /// Weights read by the node at position `t`.
+    pub weights: Vec<Vec<TensorId>>,
+    /// Operations of the node at position `t`.
+    pub flops: Vec<u64>,
+}
+
+impl Liveness {
+    /// Computes liveness for a topological order of `graph`.
+    pub fn new(graph: &Graph, order: Vec<NodeId>) -> Liveness {
+        let n = order.len();
+        let mut position = vec![0usize; graph.nodes.len()];
+        for (pos, &node) in order.iter().enumerate() {
+            position[node] = pos;
+        }
+        let mut crossing = vec![Vec::new(); n + 1];
+        let mut crossing_bytes = vec![0u64; n + 1];
+        let mut live_delta = vec![0i64; n + 1];
+        for (id, tensor) in graph.tensors.iter().enumerate() {
+            if tensor.is_weight() {
+                continue;
+            }
+            // birth: the position after which the tensor exists (model inputs exist before position 0)
+            let birth = tensor.producer.map(|p| position[p] as i64).unwrap_or(-1);
+            let last_use = tensor.consumers.iter().map(|&c| position[c] as i64).max();
+            let death = if graph.outputs.contains(&id) { n as i64 } else { last_use.unwrap_or(birth) };
+            if death < 0 {
+                continue;
+            }
+            for c in (birth + 1) as usize..=death as usize {
+                crossing[c].push(id);
+                crossing_bytes[c] += tensor.bytes();
+            }
+            let first = birth.max(0) as usize;
+            let last = (death as usize).min(n.saturating_sub(1));
+            if first <= last {
+                live_delta[first] += tensor.bytes() as i64;
+                live_delta[last + 1] -= tensor.bytes() as i64;
+            }
+        }
+        let mut live_bytes = Vec::with_capacity(n);
+        let mut live = 0i64;
+        for delta in live_delta.iter().take(n) {
+            live += delta;
+            live_bytes.push(live as u64);
+        }
+        let weights = order
+            .iter()
+            .map(|&node| graph.nodes[node].inputs.iter().copied().filter(|&t| graph.tensors[t].is_weight()).collect())
+            .collect();
+        let flops = order.iter().map(|&node| graph.nodes[node].flops).collect();
+        Liveness { order, crossing, crossing_bytes, live_bytes, weights, flops }
+    }
+}

@@ -1,0 +1,294 @@
+//! Choosing the cut points: exact dynamic programming over the cut points of one topological order, as
+//! in PipeDream and Gillis.
+//!
+//! A segment is a run `[start, end)` of the order. `dp[k][p]` is the best way to cover positions `0..p`
+//! with `k` segments that each fit the memory limit; the answer is `dp[K][n]` for a given `K`, or the best
+//! over all `k` otherwise. The objective is either end-to-end latency (all compute plus every hop) or
+//! throughput (the slowest stage, ties broken by latency).
+
+use serde::{Deserialize, Serialize};
+
+use super::memory::{CostModel, MemoryModel};
+use super::order::Liveness;
+use crate::onnx::Graph;
+use crate::{Error, Result};
+
+/// What the partition optimises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// End-to-end latency of one request: compute plus every hop between segments.
+    Latency,
+    /// Requests per second of the pipeline: its slowest stage.
+    Throughput,
+}
+
+/// What the user asks of a partition.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Every segment's estimated memory must be at most this many bytes.
+    pub max_memory: u64,
+    /// Exactly this many segments, if given.
+    pub segments: Option<usize>,
+    /// What to optimise.
+    pub objective: Objective,
+    /// The most segments considered when `segments` is not given and the objective is throughput.
+    pub max_segments: usize,
+}
+
+/// The facts of one candidate segment `[start, end)` of an order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegmentCost {
+    /// First position.
+    pub start: usize,
+    /// One past the last position.
+    pub end: usize,
+    /// Operations of its nodes.
+    pub flops: u64,
+    /// Bytes of the distinct weights its nodes read.
+    pub weight_bytes: u64,
+    /// Peak bytes of live activations while it runs.
+    pub peak_activation_bytes: u64,
+    /// Bytes of the tensors entering and leaving it.
+    pub io_bytes: u64,
+    /// Estimated peak memory.
+    pub memory: u64,
+}
+
+/// Evaluates candidate segments of one order.
+pub struct Evaluator<'a> {
+    graph: &'a Graph,
+    live: &'a Liveness,
+    memory: &'a MemoryModel,
+    cost: &'a CostModel,
+}
+
+impl<'a> Evaluator<'a> {
+    /// An evaluator over `live`'s order.
+    pub fn new(graph: &'a Graph, live: &'a Liveness, memory: &'a MemoryModel, cost: &'a CostModel) -> Self {
+        Evaluator { graph, live, memory, cost }
+    }
+
+    /// Number of positions in the order.
+    pub fn len(&self) -> usize {
+        self.live.order.len()
+    }
+
+    /// Whether the order is empty.
+    pub fn is_empty(&self) -> bool {
+        self.live.order.is_empty()
+    }
+
+    /// The facts of `[start, end)`, computed directly.
+    pub fn segment(&self, start: usize, end: usize) -> SegmentCost {
+        let mut weights: Vec<usize> = self.live.weights[start..end].iter().flatten().copied().collect();
+        weights.sort_unstable();
+        weights.dedup();
+        let weight_bytes = weights.iter().map(|&w| self.graph.tensors[w].bytes()).sum();
+        let peak = self.live.live_bytes[start..end].iter().copied().max().unwrap_or(0);
+        let flops = self.live.flops[start..end].iter().sum();
+        self.finish(start, end, flops, weight_bytes, peak)
+    }
+
+    fn finish(&self, start: usize, end: usize, flops: u64, weight_bytes: u64, peak: u64) -> SegmentCost {
+        let io_bytes = self.live.crossing_bytes[start] + self.live.crossing_bytes[end];
+        let memory = self.memory.estimate(weight_bytes, peak, io_bytes);
+        SegmentCost { start, end, flops, weight_bytes, peak_activation_bytes: peak, io_bytes, memory }
+    }
+
+    /// Every segment starting at `start`, by increasing end, until its weights alone exceed `limit`.
+    fn extensions(&self, start: usize, limit: u64, stamp: &mut [usize]) -> Vec<SegmentCost> {
+        let mut out = Vec::new();
+        let (mut flops, mut weight_bytes, mut peak) = (0, 0, 0);
+        for end in start + 1..=self.len() {
+            let pos = end - 1;
+            for &w in &self.live.weights[pos] {
+                if stamp[w] != start {
+                    stamp[w] = start;
+                    weight_bytes += self.graph.tensors[w].bytes();
+                }
+            }
+            if self.memory.estimate(weight_bytes, 0, 0) > limit {
+                break;
+            }
+            flops += self.live.flops[pos];
+            peak = peak.max(self.live.live_bytes[pos]);
+            out.push(self.finish(start, end, flops, weight_bytes, peak));
+        }
+        out
+    }
+
+    /// Seconds this segment adds to one request's latency: its compute and the hop after it.
+    pub fn latency_share(&self, s: &SegmentCost) -> f64 {
+        let hop = if s.end < self.len() { self.cost.hop(self.live.crossing_bytes[s.end]) } else { 0.0 };
+        self.cost.compute(s.flops) + hop
+    }
+
+    /// Seconds one request occupies this stage: receiving its inputs over a hop, then computing.
+    pub fn stage_seconds(&self, s: &SegmentCost) -> f64 {
+        let hop = if s.start > 0 { self.cost.hop(self.live.crossing_bytes[s.start]) } else { 0.0 };
+        self.cost.compute(s.flops) + hop
+    }
+
+    /// The objective of a whole partition as (primary, tie-break): lower is better.
+    pub fn score(&self, segments: &[SegmentCost], objective: Objective) -> (f64, f64) {
+        let latency = segments.iter().map(|s| self.latency_share(s)).sum();
+        match objective {
+            Objective::Latency => (latency, 0.0),
+            Objective::Throughput => (segments.iter().map(|s| self.stage_seconds(s)).fold(0.0, f64::max), latency),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct State {
+    score: (f64, f64),
+    prev: usize,
+}
+
+fn better(a: (f64, f64), b: (f64, f64)) -> bool {
+    let tol = 1e-12 * a.0.abs().max(b.0.abs());
+    if (a.0 - b.0).abs() > tol { a.0 < b.0 } else { a.1 < b.1 }
+}
+
+/// What the dynamic program minimises over segments.
+enum Goal {
+    /// The request's objective.
+    Objective(Objective),
+    /// The largest segment memory (to find the smallest limit that admits a partition).
+    Memory,
+}
+
+/// The best partition of the order for the request.
+pub fn partition(ev: &Evaluator, request: &Request) -> Result<Vec<SegmentCost>> {
+    let n = ev.len();
+    if let Some(k) = request.segments {
+        if k == 0 {
+            return Err(Error::Infeasible("--segments must be at least 1".into()));
+        }
+        if k > n {
+            return Err(Error::Infeasible(format!(
+                "{k} segments were asked for, but the model has {n} nodes, so at most {} cut points and {n} segments",
+                n.saturating_sub(1)
+            )));
+        }
+    }
+    check_single_nodes(ev, request.max_memory)?;
+    let layers = match (request.segments, request.objective) {
+        (Some(k), _) => Some(k),
+        (None, Objective::Latency) => None,
+        (None, Objective::Throughput) => Some(request.max_segments.min(n).max(1)),
+    };
+    let goal = Goal::Objective(request.objective);
+    if let Some(found) = solve(ev, request.max_memory, layers, request.segments.is_none(), &goal) {
+        return Ok(found);
+    }
+    Err(match request.segments {
+        Some(k) => {
+            let smallest = solve(ev, u64::MAX, Some(k), false, &Goal::Memory)
+                .map(|segs| segs.iter().map(|s| s.memory).max().unwrap_or(0))
+                .unwrap_or(u64::MAX);
+            Error::Infeasible(format!(
+                "no partition into exactly {k} segments fits {} (the smallest limit for {k} segments is {})",
+                mib(request.max_memory),
+                mib(smallest)
+            ))
+        }
+        None => Error::Infeasible(format!(
+            "no partition into at most {} segments fits {}; raise --max-segments or the limit",
+            request.max_segments,
+            mib(request.max_memory)
+        )),
+    })
+}
+
+/// The smallest memory limit for which this order has any partition: its largest single-node segment.
+pub fn smallest_limit(ev: &Evaluator) -> (u64, usize) {
+    (0..ev.len()).map(|p| (ev.segment(p, p + 1).memory, p)).max().unwrap_or((0, 0))
+}
+
+fn check_single_nodes(ev: &Evaluator, limit: u64) -> Result<()> {
+    let (smallest, pos) = smallest_limit(ev);
+    if smallest > limit {
+        let node = &ev.graph.nodes[ev.live.order[pos]];
+        return Err(Error::NodeTooLarge {
+            node: node.name.clone(),
+            op: node.op_type.clone(),
+            needed: smallest,
+            needed_mib: smallest as f64 / MIB,
+            limit,
+            smallest,
+            smallest_mib: smallest as f64 / MIB,
+        });
+    }
+    Ok(())
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// A byte count in MiB, for messages.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB)
+}
+
+/// The dynamic program. `layers`: `Some(k)` tracks the segment count up to `k` (and requires exactly `k`
+/// unless `any_count`); `None` does not track it.
+fn solve(ev: &Evaluator, limit: u64, layers: Option<usize>, any_count: bool, goal: &Goal) -> Option<Vec<SegmentCost>> {
+    let n = ev.len();
+    let depth = layers.unwrap_or(0) + 1;
+    let mut dp: Vec<Vec<Option<State>>> = vec![vec![None; n + 1]; depth];
+    dp[0][0] = Some(State { score: (0.0, 0.0), prev: 0 });
+    let mut stamp = vec![usize::MAX; ev.graph.tensors.len()];
+    for start in 0..n {
+        let active: Vec<(usize, State)> = (0..depth).filter_map(|k| dp[k][start].map(|s| (k, s))).collect();
+        if active.is_empty() {
+            continue;
+        }
+        for seg in ev.extensions(start, limit, &mut stamp) {
+            if seg.memory > limit {
+                continue;
+            }
+            let (value, latency) = match goal {
+                Goal::Objective(Objective::Latency) => (ev.latency_share(&seg), 0.0),
+                Goal::Objective(Objective::Throughput) => (ev.stage_seconds(&seg), ev.latency_share(&seg)),
+                Goal::Memory => (seg.memory as f64, 0.0),
+            };
+            let sums = matches!(goal, Goal::Objective(Objective::Latency));
+            for &(k, state) in &active {
+                let next = if layers.is_some() { k + 1 } else { 0 };
+                if next >= depth {
+                    continue;
+                }
+                let score = if sums {
+                    (state.score.0 + value, 0.0)
+                } else {
+                    (state.score.0.max(value), state.score.1 + latency)
+                };
+                let slot = &mut dp[next][seg.end];
+                if slot.is_none_or(|s| better(score, s.score)) {
+                    *slot = Some(State { score, prev: start });
+                }
+            }
+        }
+    }
+    let last = match (layers, any_count) {
+        (None, _) => 0,
+        (Some(k), false) => k,
+        (Some(k), true) => (1..=k)
+            .filter(|&j| dp[j][n].is_some())
+            .reduce(|a, b| if better(dp[b][n].unwrap().score, dp[a][n].unwrap().score) { b } else { a })?,
+    };
+    dp[last][n]?;
+    let mut bounds = Vec::new();
+    let (mut k, mut end) = (last, n);
+    while end > 0 {
+        let state = dp[k][end].expect("backtracking follows stored states");
+        bounds.push((state.prev, end));
+        end = state.prev;
+        if layers.is_some() {
+            k -= 1;
+        }
+    }
+    bounds.reverse();
+    Some(bounds.into_iter().map(|(s, e)| ev.segment(s, e)).collect())
+}
