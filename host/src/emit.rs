@@ -44,6 +44,7 @@ pub fn segment_model(
         match graph.tensors[w].kind {
             TensorKind::Initializer(i) => initializers.push(source.initializer[i].clone()),
             TensorKind::Constant(i) => node_protos.push(source.node[i].clone()),
+            TensorKind::Folded(i) => initializers.push(folded_initializer(graph, w, &graph.folded[i])),
             _ => unreachable!("weights are initializers or constants"),
         }
     }
@@ -73,6 +74,20 @@ pub fn segment_model(
             output: live.crossing[seg.end].iter().map(spec).collect(),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// An initializer holding a folded value, in the tensor's declared element type.
+fn folded_initializer(graph: &Graph, t: usize, value: &tract_onnx::prelude::Tensor) -> pb::TensorProto {
+    let tensor = &graph.tensors[t];
+    let dt = tensor.dtype.to_tract().expect("folded tensors have tract types");
+    let cast = value.cast_to_dt(dt).expect("folded values cast to their declared type");
+    pb::TensorProto {
+        name: tensor.name.clone(),
+        dims: tensor.shape.iter().map(|&d| d as i64).collect(),
+        data_type: tensor.dtype.onnx_code(),
+        raw_data: cast.as_bytes().to_vec(),
         ..Default::default()
     }
 }

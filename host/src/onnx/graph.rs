@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use tract_onnx::pb::{self, GraphProto, NodeProto};
 use tract_onnx::prelude::*;
@@ -25,6 +26,9 @@ pub enum TensorKind {
     Initializer(usize),
     /// A weight held as the value of the Constant node `graph.node[i]`.
     Constant(usize),
+    /// A small tensor whose value is fixed once the input shapes are (shape arithmetic, for instance):
+    /// `Graph::folded[i]`, written into the segments that read it instead of crossing boundaries.
+    Folded(usize),
     /// Computed by a node.
     Activation,
 }
@@ -54,11 +58,12 @@ impl Tensor {
 
     /// Whether it is a weight (initializer or Constant).
     pub fn is_weight(&self) -> bool {
-        matches!(self.kind, TensorKind::Initializer(_) | TensorKind::Constant(_))
+        matches!(self.kind, TensorKind::Initializer(_) | TensorKind::Constant(_) | TensorKind::Folded(_))
     }
 }
 
-/// A computing node (Constant nodes are not nodes here: their values are weights).
+/// A computing node (Constant nodes are not nodes here: their values are weights; nor are nodes whose
+/// outputs are all folded, nor nodes whose outputs nobody reads).
 #[derive(Clone, Debug)]
 pub struct Node {
     /// Its ONNX name, or its first output's name when it has none.
@@ -86,6 +91,8 @@ pub struct Graph {
     pub inputs: Vec<TensorId>,
     /// The model's outputs, in declared order.
     pub outputs: Vec<TensorId>,
+    /// Values of [`TensorKind::Folded`] tensors.
+    pub folded: Vec<Arc<tract_onnx::prelude::Tensor>>,
     by_name: HashMap<String, TensorId>,
 }
 
@@ -156,8 +163,20 @@ pub fn node_name(node: &NodeProto) -> String {
     }
 }
 
-/// The concrete type and shape tract infers for every named tensor.
-type Facts = HashMap<String, (ElemType, Vec<u64>)>;
+/// The concrete type and shape tract infers for a tensor, and its value when fixed by the input shapes.
+#[derive(Clone)]
+struct Fact {
+    dtype: ElemType,
+    shape: Vec<u64>,
+    value: Option<Arc<tract_onnx::prelude::Tensor>>,
+}
+
+/// Facts of every named tensor.
+type Facts = HashMap<String, Fact>;
+
+/// Folded values larger than this keep being computed (a dequantized embedding table, say, is smaller as
+/// its int8 weights and the node that widens it).
+const FOLD_LIMIT: u64 = 64 << 10;
 
 fn infer_facts(model: &OnnxModel, shapes: &InputShapes) -> Result<Facts> {
     let graph = model.graph();
@@ -206,7 +225,7 @@ fn infer_facts(model: &OnnxModel, shapes: &InputShapes) -> Result<Facts> {
         let shape = fact.shape.concretize().and_then(|dims| dims.iter().map(|d| d.to_i64().ok().map(|v| v as u64)).collect());
         match (dtype, shape) {
             (Some(dtype), Some(shape)) => {
-                facts.insert(name.clone(), (dtype, shape));
+                facts.insert(name.clone(), Fact { dtype, shape, value: fact.value.concretize() });
             }
             _ => missing.push(name.clone()),
         }
@@ -218,7 +237,7 @@ fn infer_facts(model: &OnnxModel, shapes: &InputShapes) -> Result<Facts> {
                 let Some(label) = typed.outlet_label(OutletId::new(node.id, ix)) else { continue };
                 let shape: Option<Vec<u64>> = output.fact.shape.as_concrete().map(|s| s.iter().map(|&d| d as u64).collect());
                 if let (Some(dtype), Some(shape)) = (ElemType::from_tract(output.fact.datum_type), shape) {
-                    facts.entry(label.to_string()).or_insert((dtype, shape));
+                    facts.entry(label.to_string()).or_insert(Fact { dtype, shape, value: None });
                 }
             }
         }
@@ -283,6 +302,14 @@ fn input_fact(input: &pb::ValueInfoProto, shapes: &InputShapes) -> Result<(ElemT
     Ok((dtype, shape))
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Constant,
+    Folded,
+    Compute,
+    Dead,
+}
+
 struct Builder<'a> {
     proto: &'a GraphProto,
     facts: Facts,
@@ -291,7 +318,7 @@ struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     fn new(proto: &'a GraphProto, facts: Facts) -> Self {
-        let graph = Graph { tensors: vec![], nodes: vec![], inputs: vec![], outputs: vec![], by_name: HashMap::new() };
+        let graph = Graph { tensors: vec![], nodes: vec![], inputs: vec![], outputs: vec![], folded: vec![], by_name: HashMap::new() };
         Builder { proto, facts, graph }
     }
 
@@ -302,7 +329,7 @@ impl<'a> Builder<'a> {
         id
     }
 
-    fn fact(&self, name: &str, node: &str) -> Result<(ElemType, Vec<u64>)> {
+    fn fact(&self, name: &str, node: &str) -> Result<Fact> {
         self.facts.get(name).cloned().ok_or_else(|| {
             Error::ShapeInference(format!("the type or shape of tensor `{name}` (made by node `{node}`) could not be resolved"))
         })
@@ -321,18 +348,29 @@ impl<'a> Builder<'a> {
             if self.graph.by_name.contains_key(&input.name) {
                 continue;
             }
-            let (dtype, shape) = self.fact(&input.name, "input")?;
-            let id = self.add_tensor(&input.name, dtype, shape, TensorKind::Input);
+            let fact = self.fact(&input.name, "input")?;
+            let id = self.add_tensor(&input.name, fact.dtype, fact.shape, TensorKind::Input);
             self.graph.inputs.push(id);
         }
+        let roles = self.roles();
         for (ix, node) in proto.node.iter().enumerate() {
-            if node.op_type == "Constant" && node.domain.is_empty() {
-                let output = node.output.first().ok_or_else(|| Error::ShapeInference(format!("Constant node `{}` has no output", node_name(node))))?;
-                let (dtype, shape) = self.fact(output, &node_name(node))?;
-                self.add_tensor(output, dtype, shape, TensorKind::Constant(ix));
-                continue;
+            match roles[ix] {
+                Role::Constant => {
+                    let output = node.output.first().ok_or_else(|| Error::ShapeInference(format!("Constant node `{}` has no output", node_name(node))))?;
+                    let fact = self.fact(output, &node_name(node))?;
+                    self.add_tensor(output, fact.dtype, fact.shape, TensorKind::Constant(ix));
+                }
+                Role::Folded => {
+                    for output in node.output.iter().filter(|s| !s.is_empty()) {
+                        let fact = self.fact(output, &node_name(node))?;
+                        let value = fact.value.expect("folded nodes have values");
+                        self.add_tensor(output, fact.dtype, fact.shape, TensorKind::Folded(self.graph.folded.len()));
+                        self.graph.folded.push(value);
+                    }
+                }
+                Role::Compute => self.add_node(ix, node)?,
+                Role::Dead => {}
             }
-            self.add_node(ix, node)?;
         }
         for output in &proto.output {
             let id = self.graph.by_name.get(&output.name).copied().ok_or_else(|| {
@@ -341,6 +379,50 @@ impl<'a> Builder<'a> {
             self.graph.outputs.push(id);
         }
         Ok(self.graph)
+    }
+
+    /// What each ONNX node becomes: a weight, folded values, a computing node, or nothing (its outputs are
+    /// never read).
+    fn roles(&self) -> Vec<Role> {
+        let proto = self.proto;
+        let outputs: HashSet<&str> = proto.output.iter().map(|o| o.name.as_str()).collect();
+        let foldable = |node: &NodeProto| {
+            let outs: Vec<&String> = node.output.iter().filter(|s| !s.is_empty()).collect();
+            !outs.is_empty()
+                && outs.iter().all(|o| {
+                    !outputs.contains(o.as_str())
+                        && self.facts.get(o.as_str()).is_some_and(|f| {
+                            f.shape.iter().product::<u64>() * f.dtype.size() <= FOLD_LIMIT
+                                && f.dtype.to_tract().is_some_and(|dt| dt != DatumType::String && f.value.as_ref().is_some_and(|v| v.cast_to_dt(dt).is_ok()))
+                        })
+                })
+        };
+        let mut roles: Vec<Role> = proto
+            .node
+            .iter()
+            .map(|node| {
+                if node.op_type == "Constant" && node.domain.is_empty() {
+                    Role::Constant
+                } else if foldable(node) {
+                    Role::Folded
+                } else {
+                    Role::Compute
+                }
+            })
+            .collect();
+        let mut needed: HashSet<String> = outputs.iter().map(|s| s.to_string()).collect();
+        for (ix, node) in proto.node.iter().enumerate().rev() {
+            if roles[ix] != Role::Compute {
+                continue;
+            }
+            if !node.output.iter().any(|o| needed.contains(o)) {
+                roles[ix] = Role::Dead;
+                continue;
+            }
+            needed.extend(node.input.iter().filter(|s| !s.is_empty()).cloned());
+            needed.extend(outer_references(node));
+        }
+        roles
     }
 
     fn add_node(&mut self, proto_index: usize, node: &NodeProto) -> Result<()> {
@@ -361,8 +443,8 @@ impl<'a> Builder<'a> {
         }
         let mut outputs = Vec::new();
         for output in node.output.iter().filter(|s| !s.is_empty()) {
-            let (dtype, shape) = self.fact(output, &name)?;
-            let tensor = self.add_tensor(output, dtype, shape, TensorKind::Activation);
+            let fact = self.fact(output, &name)?;
+            let tensor = self.add_tensor(output, fact.dtype, fact.shape, TensorKind::Activation);
             self.graph.tensors[tensor].producer = Some(id);
             outputs.push(tensor);
         }

