@@ -1,0 +1,4 @@
+# Sourced by the scripts: where builds go (outside the clone, so every checkout and CI run reuses them).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/netless/target}"
+export NETLESS_BIN="$CARGO_TARGET_DIR/debug/netless"
+export NETLESS_MODELS="${NETLESS_MODELS:-$PWD/models}"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test: the Rust integration tests (real models, real components, real host) and the Python
+# checks against onnxruntime.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+
+cargo build --locked -p netless
+cargo test --locked --workspace
+python3 -m pytest -q tests/python
