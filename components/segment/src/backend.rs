@@ -2,11 +2,11 @@
 
 use tract_onnx::pb;
 use tract_onnx::prelude::{
-    Arc, DatumType, Framework, InferenceModelExt, IntoRunnable, IntoTValue, TVec,
+    Arc, DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TVec,
     Tensor as TractTensor, TypedRunnableModel,
 };
 
-use crate::contract::Contract;
+use crate::contract::{Contract, type_name};
 use crate::netless::inference::types::{Error, Tensor, TensorType};
 
 /// A model optimised and ready to run; outputs that merely pass an input through are not in it.
@@ -57,6 +57,15 @@ impl Prepared {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Restate fully known input facts: tract loses them on inputs that are also outputs.
+        for (slot, &i) in input_order.iter().enumerate() {
+            let spec = &info.inputs[i];
+            let dims: Option<Vec<usize>> = spec.shape.iter().map(|d| d.map(|d| d as usize)).collect();
+            if let (Some(dt), Some(dims)) = (datum_type(spec.ty), dims) {
+                let fact = InferenceFact::dt_shape(dt, dims.as_slice());
+                model.set_input_fact(slot, fact).map_err(unsupported)?;
+            }
+        }
         let plan = model.into_optimized().map_err(unsupported)?.into_runnable().map_err(unsupported)?;
         Ok(Prepared { plan: Some(plan), input_order, outputs })
     }
@@ -74,8 +83,9 @@ impl Prepared {
     }
 }
 
-fn to_tract(t: &Tensor) -> Result<TractTensor, Error> {
-    let dt = match t.ty {
+/// The tract type of a WIT tensor type; tract has no bf16.
+fn datum_type(ty: TensorType) -> Option<DatumType> {
+    Some(match ty {
         TensorType::F16 => DatumType::F16,
         TensorType::F32 => DatumType::F32,
         TensorType::F64 => DatumType::F64,
@@ -88,10 +98,14 @@ fn to_tract(t: &Tensor) -> Result<TractTensor, Error> {
         TensorType::U64 => DatumType::U64,
         TensorType::I64 => DatumType::I64,
         TensorType::Boolean => DatumType::Bool,
-        TensorType::Bf16 => {
-            return Err(Error::Unsupported(format!("input `{}`: bf16 is not supported", t.name)));
-        }
-    };
+        TensorType::Bf16 => return None,
+    })
+}
+
+fn to_tract(t: &Tensor) -> Result<TractTensor, Error> {
+    let dt = datum_type(t.ty).ok_or_else(|| {
+        Error::Unsupported(format!("input `{}`: {} is not supported", t.name, type_name(t.ty)))
+    })?;
     let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
     // SAFETY: the contract checked the byte count against the shape, and booleans are 0 or 1.
     unsafe { TractTensor::from_raw_dt(dt, &shape, &t.data) }

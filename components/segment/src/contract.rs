@@ -99,7 +99,7 @@ impl Contract {
 /// Checks one tensor's type, shape and byte count against its spec.
 fn check(spec: &TensorSpec, t: &Tensor) -> Result<(), String> {
     if t.ty != spec.ty {
-        return Err(format!("type {:?}, declared {:?}", t.ty, spec.ty));
+        return Err(format!("type {}, declared {}", type_name(t.ty), type_name(spec.ty)));
     }
     let dims_ok = t.shape.len() == spec.shape.len()
         && t.shape.iter().zip(&spec.shape).all(|(d, s)| s.is_none_or(|s| s == *d));
@@ -113,10 +113,10 @@ fn check(spec: &TensorSpec, t: &Tensor) -> Result<(), String> {
         .ok_or_else(|| format!("shape {:?} overflows", t.shape))?;
     if t.data.len() as u64 != expected {
         return Err(format!(
-            "{} data bytes, shape {:?} of {:?} needs {expected}",
+            "{} data bytes, shape {:?} of {} needs {expected}",
             t.data.len(),
             t.shape,
-            t.ty
+            type_name(t.ty)
         ));
     }
     if t.ty == TensorType::Boolean && t.data.iter().any(|&b| b > 1) {
@@ -129,6 +129,25 @@ fn show_shape(shape: &[Option<u64>]) -> String {
     let dims: Vec<String> =
         shape.iter().map(|d| d.map_or_else(|| "?".to_string(), |d| d.to_string())).collect();
     format!("[{}]", dims.join(", "))
+}
+
+/// The WIT name of a tensor type, for messages.
+pub fn type_name(ty: TensorType) -> &'static str {
+    match ty {
+        TensorType::F16 => "f16",
+        TensorType::F32 => "f32",
+        TensorType::F64 => "f64",
+        TensorType::Bf16 => "bf16",
+        TensorType::U8 => "u8",
+        TensorType::I8 => "i8",
+        TensorType::U16 => "u16",
+        TensorType::I16 => "i16",
+        TensorType::U32 => "u32",
+        TensorType::I32 => "i32",
+        TensorType::U64 => "u64",
+        TensorType::I64 => "i64",
+        TensorType::Boolean => "boolean",
+    }
 }
 
 /// Bytes per element of a tensor type.
