@@ -27,21 +27,33 @@ fn median(mut times: Vec<Duration>) -> Duration {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (runtime_path, models) = args.split_first().context("usage: runtime_bench RUNTIME.wasm MODEL.onnx...")?;
+    let (runtime_path, models) = args
+        .split_first()
+        .context("usage: runtime_bench RUNTIME.wasm MODEL.onnx...")?;
     let wasm = std::fs::read(runtime_path).with_context(|| format!("reading {runtime_path}"))?;
     let cache = tempfile::tempdir()?;
 
     let started = Instant::now();
     Engine::new(cache.path())?.load_runtime(&wasm)?;
-    println!("runtime component: {} bytes, compile {}", wasm.len(), ms(started.elapsed()));
+    println!(
+        "runtime component: {} bytes, compile {}",
+        wasm.len(),
+        ms(started.elapsed())
+    );
     let engine = Engine::new(cache.path())?;
     let started = Instant::now();
     let runtime = engine.load_runtime(&wasm)?;
-    println!("runtime component: precompiled load {}", ms(started.elapsed()));
+    println!(
+        "runtime component: precompiled load {}",
+        ms(started.elapsed())
+    );
 
     for path in models {
         let blob = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-        let limits = Limits { memory_bytes: 4 << 30, deadline: Duration::from_secs(600) };
+        let limits = Limits {
+            memory_bytes: 4 << 30,
+            deadline: Duration::from_secs(600),
+        };
         let started = Instant::now();
         let mut segment = engine.load_segment(&runtime, &blob, limits)?;
         let load = started.elapsed();
@@ -51,18 +63,26 @@ fn main() -> anyhow::Result<()> {
         let wasm_times = (0..RUNS)
             .map(|_| {
                 let started = Instant::now();
-                segment.infer(vec![input.clone()]).map(|_| started.elapsed())
+                segment
+                    .infer(vec![input.clone()])
+                    .map(|_| started.elapsed())
             })
             .collect::<Result<Vec<_>, _>>()?;
 
         let started = Instant::now();
-        let native = tract_onnx::onnx().model_for_path(path)?.into_optimized()?.into_runnable()?;
+        let native = tract_onnx::onnx()
+            .model_for_path(path)?
+            .into_optimized()?
+            .into_runnable()?;
         let native_prepare = started.elapsed();
-        let native_input = TractTensor::from_shape(&[1, 3, 224, 224], &vec![0.5f32; 3 * 224 * 224])?;
+        let native_input =
+            TractTensor::from_shape(&[1, 3, 224, 224], &vec![0.5f32; 3 * 224 * 224])?;
         let native_times = (0..RUNS)
             .map(|_| {
                 let started = Instant::now();
-                native.run(tvec![native_input.clone().into_tvalue()]).map(|_| started.elapsed())
+                native
+                    .run(tvec![native_input.clone().into_tvalue()])
+                    .map(|_| started.elapsed())
             })
             .collect::<Result<Vec<_>, _>>()?;
 

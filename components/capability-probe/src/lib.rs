@@ -26,8 +26,16 @@ impl Guest for Probe {
             model: "capability-probe".to_string(),
             index: 0,
             count: 1,
-            inputs: vec![TensorSpec { name: INPUT.to_string(), ty: TensorType::U8, shape: vec![None] }],
-            outputs: vec![TensorSpec { name: "report".to_string(), ty: TensorType::U8, shape: vec![None] }],
+            inputs: vec![TensorSpec {
+                name: INPUT.to_string(),
+                ty: TensorType::U8,
+                shape: vec![None],
+            }],
+            outputs: vec![TensorSpec {
+                name: "report".to_string(),
+                ty: TensorType::U8,
+                shape: vec![None],
+            }],
         }
     }
 
@@ -44,9 +52,17 @@ impl Guest for Probe {
         report += &attempt("tcp bind", std::net::TcpListener::bind("127.0.0.1:0"));
         report += &attempt("udp bind", std::net::UdpSocket::bind("127.0.0.1:0"));
         let vars = std::env::vars().count() + std::env::args().count();
-        report += &attempt("env and args", if vars == 0 { Err("none") } else { Ok(vars) });
+        report += &attempt(
+            "env and args",
+            if vars == 0 { Err("none") } else { Ok(vars) },
+        );
         let data = report.into_bytes();
-        Ok(vec![Tensor { name: "report".to_string(), ty: TensorType::U8, shape: vec![data.len() as u64], data }])
+        Ok(vec![Tensor {
+            name: "report".to_string(),
+            ty: TensorType::U8,
+            shape: vec![data.len() as u64],
+            data,
+        }])
     }
 }
 

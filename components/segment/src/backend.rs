@@ -33,9 +33,15 @@ impl Prepared {
             .map(|o| o.name.clone())
             .collect();
         if outputs.is_empty() {
-            return Ok(Prepared { plan: None, input_order: Vec::new(), outputs });
+            return Ok(Prepared {
+                plan: None,
+                input_order: Vec::new(),
+                outputs,
+            });
         }
-        let mut model = tract_onnx::onnx().model_for_proto_model(&proto).map_err(unsupported)?;
+        let mut model = tract_onnx::onnx()
+            .model_for_proto_model(&proto)
+            .map_err(unsupported)?;
         drop(proto);
         let outlets = outputs
             .iter()
@@ -52,34 +58,54 @@ impl Prepared {
             .iter()
             .map(|outlet| {
                 let name = &model.node(outlet.node).name;
-                info.inputs.iter().position(|i| &i.name == name).ok_or_else(|| {
-                    Error::Internal(format!("model input `{name}` is not in the contract"))
-                })
+                info.inputs
+                    .iter()
+                    .position(|i| &i.name == name)
+                    .ok_or_else(|| {
+                        Error::Internal(format!("model input `{name}` is not in the contract"))
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Restate fully known input facts: tract loses them on inputs that are also outputs.
         for (slot, &i) in input_order.iter().enumerate() {
             let spec = &info.inputs[i];
-            let dims: Option<Vec<usize>> = spec.shape.iter().map(|d| d.map(|d| d as usize)).collect();
+            let dims: Option<Vec<usize>> =
+                spec.shape.iter().map(|d| d.map(|d| d as usize)).collect();
             if let (Some(dt), Some(dims)) = (datum_type(spec.ty), dims) {
                 let fact = InferenceFact::dt_shape(dt, dims.as_slice());
                 model.set_input_fact(slot, fact).map_err(unsupported)?;
             }
         }
-        let plan = model.into_optimized().map_err(unsupported)?.into_runnable().map_err(unsupported)?;
-        Ok(Prepared { plan: Some(plan), input_order, outputs })
+        let plan = model
+            .into_optimized()
+            .map_err(unsupported)?
+            .into_runnable()
+            .map_err(unsupported)?;
+        Ok(Prepared {
+            plan: Some(plan),
+            input_order,
+            outputs,
+        })
     }
 
     /// Runs the model on validated inputs (in contract order); returns the computed outputs.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
-        let Some(plan) = &self.plan else { return Ok(Vec::new()) };
+        let Some(plan) = &self.plan else {
+            return Ok(Vec::new());
+        };
         let feed = self
             .input_order
             .iter()
             .map(|&i| to_tract(&inputs[i]).map(IntoTValue::into_tvalue))
             .collect::<Result<TVec<_>, _>>()?;
-        let results = plan.run(feed).map_err(|e| Error::Internal(format!("{e:#}")))?;
-        results.iter().zip(&self.outputs).map(|(t, name)| from_tract(name, t)).collect()
+        let results = plan
+            .run(feed)
+            .map_err(|e| Error::Internal(format!("{e:#}")))?;
+        results
+            .iter()
+            .zip(&self.outputs)
+            .map(|(t, name)| from_tract(name, t))
+            .collect()
     }
 }
 
@@ -104,7 +130,11 @@ fn datum_type(ty: TensorType) -> Option<DatumType> {
 
 fn to_tract(t: &Tensor) -> Result<TractTensor, Error> {
     let dt = datum_type(t.ty).ok_or_else(|| {
-        Error::Unsupported(format!("input `{}`: {} is not supported", t.name, type_name(t.ty)))
+        Error::Unsupported(format!(
+            "input `{}`: {} is not supported",
+            t.name,
+            type_name(t.ty)
+        ))
     })?;
     let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
     // SAFETY: the contract checked the byte count against the shape, and booleans are 0 or 1.
@@ -127,7 +157,9 @@ fn from_tract(name: &str, t: &TractTensor) -> Result<Tensor, Error> {
         DatumType::I64 => TensorType::I64,
         DatumType::Bool => TensorType::Boolean,
         other => {
-            return Err(Error::Unsupported(format!("output `{name}` has type {other:?}")));
+            return Err(Error::Unsupported(format!(
+                "output `{name}` has type {other:?}"
+            )));
         }
     };
     Ok(Tensor {

@@ -46,11 +46,17 @@ impl Contract {
     pub fn from_proto(proto: &pb::ModelProto) -> Result<Contract, String> {
         let graph = proto.graph.as_ref().ok_or("the model has no graph")?;
         let meta = |key: &str| {
-            proto.metadata_props.iter().find(|p| p.key == key).map(|p| p.value.as_str())
+            proto
+                .metadata_props
+                .iter()
+                .find(|p| p.key == key)
+                .map(|p| p.value.as_str())
         };
         let number = |key: &str, default: u32| match meta(key) {
             None => Ok(default),
-            Some(v) => v.parse::<u32>().map_err(|e| format!("metadata `{key}` = `{v}`: {e}")),
+            Some(v) => v
+                .parse::<u32>()
+                .map_err(|e| format!("metadata `{key}` = `{v}`: {e}")),
         };
         let weights: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
         let inputs = graph
@@ -59,7 +65,11 @@ impl Contract {
             .filter(|v| !weights.contains(v.name.as_str()))
             .map(spec)
             .collect::<Result<Vec<_>, _>>()?;
-        let outputs = graph.output.iter().map(spec).collect::<Result<Vec<_>, _>>()?;
+        let outputs = graph
+            .output
+            .iter()
+            .map(spec)
+            .collect::<Result<Vec<_>, _>>()?;
         let info = SegmentInfo {
             model: meta("netless.model").unwrap_or(&graph.name).to_string(),
             index: number("netless.segment.index", 0)?,
@@ -75,8 +85,12 @@ impl Contract {
         let invalid = |msg: String| Error::InvalidInput(msg);
         for (i, t) in inputs.iter().enumerate() {
             if !self.info.inputs.iter().any(|s| s.name == t.name) {
-                let declared: Vec<&str> = self.info.inputs.iter().map(|s| s.name.as_str()).collect();
-                return Err(invalid(format!("unknown input `{}` (declared: {declared:?})", t.name)));
+                let declared: Vec<&str> =
+                    self.info.inputs.iter().map(|s| s.name.as_str()).collect();
+                return Err(invalid(format!(
+                    "unknown input `{}` (declared: {declared:?})",
+                    t.name
+                )));
             }
             if inputs[..i].iter().any(|u| u.name == t.name) {
                 return Err(invalid(format!("input `{}` given more than once", t.name)));
@@ -99,12 +113,23 @@ impl Contract {
 /// Checks one tensor's type, shape and byte count against its spec.
 fn check(spec: &TensorSpec, t: &Tensor) -> Result<(), String> {
     if t.ty != spec.ty {
-        return Err(format!("type {}, declared {}", type_name(t.ty), type_name(spec.ty)));
+        return Err(format!(
+            "type {}, declared {}",
+            type_name(t.ty),
+            type_name(spec.ty)
+        ));
     }
     let dims_ok = t.shape.len() == spec.shape.len()
-        && t.shape.iter().zip(&spec.shape).all(|(d, s)| s.is_none_or(|s| s == *d));
+        && t.shape
+            .iter()
+            .zip(&spec.shape)
+            .all(|(d, s)| s.is_none_or(|s| s == *d));
     if !dims_ok {
-        return Err(format!("shape {:?}, declared {}", t.shape, show_shape(&spec.shape)));
+        return Err(format!(
+            "shape {:?}, declared {}",
+            t.shape,
+            show_shape(&spec.shape)
+        ));
     }
     let expected = t
         .shape
@@ -126,8 +151,10 @@ fn check(spec: &TensorSpec, t: &Tensor) -> Result<(), String> {
 }
 
 fn show_shape(shape: &[Option<u64>]) -> String {
-    let dims: Vec<String> =
-        shape.iter().map(|d| d.map_or_else(|| "?".to_string(), |d| d.to_string())).collect();
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|d| d.map_or_else(|| "?".to_string(), |d| d.to_string()))
+        .collect();
     format!("[{}]", dims.join(", "))
 }
 
@@ -165,8 +192,12 @@ fn spec(value: &pb::ValueInfoProto) -> Result<TensorSpec, String> {
         Some(type_proto::Value::TensorType(t)) => t,
         _ => return Err(format!("`{}` is not a tensor", value.name)),
     };
-    let ty = onnx_type(tensor.elem_type)
-        .ok_or_else(|| format!("`{}` has ONNX element type {}, not supported", value.name, tensor.elem_type))?;
+    let ty = onnx_type(tensor.elem_type).ok_or_else(|| {
+        format!(
+            "`{}` has ONNX element type {}, not supported",
+            value.name, tensor.elem_type
+        )
+    })?;
     let shape = tensor
         .shape
         .as_ref()
@@ -180,7 +211,11 @@ fn spec(value: &pb::ValueInfoProto) -> Result<TensorSpec, String> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok(TensorSpec { name: value.name.clone(), ty, shape })
+    Ok(TensorSpec {
+        name: value.name.clone(),
+        ty,
+        shape,
+    })
 }
 
 /// Maps an ONNX `TensorProto.DataType` to the WIT tensor type.

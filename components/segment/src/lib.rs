@@ -63,7 +63,10 @@ impl Guest for Runtime {
                 .map(|spec| match inputs.iter().find(|t| t.name == spec.name) {
                     Some(passed) => Ok(passed.clone()),
                     None => computed.next().ok_or_else(|| {
-                        Error::Internal(format!("the model computed no tensor for output `{}`", spec.name))
+                        Error::Internal(format!(
+                            "the model computed no tensor for output `{}`",
+                            spec.name
+                        ))
                     }),
                 })
                 .collect()

@@ -15,7 +15,10 @@ pub struct ComposeError {
 }
 
 fn step<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> ComposeError {
-    move |e| ComposeError { step, message: format!("{e:#}") }
+    move |e| ComposeError {
+        step,
+        message: format!("{e:#}"),
+    }
 }
 
 /// Links `data`'s `segment-data` export into `runtime`'s import and exports `infer-segment`.
@@ -26,10 +29,14 @@ pub fn segment(runtime: &[u8], data: &[u8]) -> Result<Vec<u8>, ComposeError> {
     let mut graph = CompositionGraph::new();
     let runtime = Package::from_bytes("netless:segment-runtime", None, runtime, graph.types_mut())
         .map_err(step("reading the runtime component"))?;
-    let runtime = graph.register_package(runtime).map_err(step("registering the runtime"))?;
+    let runtime = graph
+        .register_package(runtime)
+        .map_err(step("registering the runtime"))?;
     let data = Package::from_bytes("netless:segment-data", None, data, graph.types_mut())
         .map_err(step("reading the data component"))?;
-    let data = graph.register_package(data).map_err(step("registering the data component"))?;
+    let data = graph
+        .register_package(data)
+        .map_err(step("registering the data component"))?;
 
     let data = graph.instantiate(data);
     let runtime = graph.instantiate(runtime);
@@ -42,6 +49,10 @@ pub fn segment(runtime: &[u8], data: &[u8]) -> Result<Vec<u8>, ComposeError> {
     let infer = graph
         .alias_instance_export(runtime, INFER_SEGMENT)
         .map_err(step("finding the runtime's export"))?;
-    graph.export(infer, INFER_SEGMENT).map_err(step("exporting infer-segment"))?;
-    graph.encode(EncodeOptions::default()).map_err(step("encoding"))
+    graph
+        .export(infer, INFER_SEGMENT)
+        .map_err(step("exporting infer-segment"))?;
+    graph
+        .encode(EncodeOptions::default())
+        .map_err(step("encoding"))
 }

@@ -43,11 +43,20 @@ pub fn build(blob: &[u8]) -> Result<Vec<u8>, DataComponentError> {
     let mut module = core_module(blob).finish();
     let mut resolve = Resolve::default();
     let encode = DataComponentError::Encode;
-    let package = resolve.push_str("inference.wit", INFERENCE_WIT).map_err(encode)?;
-    let world = resolve.select_world(&[package], Some("segment-data-provider")).map_err(encode)?;
+    let package = resolve
+        .push_str("inference.wit", INFERENCE_WIT)
+        .map_err(encode)?;
+    let world = resolve
+        .select_world(&[package], Some("segment-data-provider"))
+        .map_err(encode)?;
     wit_component::embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8)
         .map_err(encode)?;
-    ComponentEncoder::default().module(&module).map_err(encode)?.validate(true).encode().map_err(encode)
+    ComponentEncoder::default()
+        .module(&module)
+        .map_err(encode)?
+        .validate(true)
+        .encode()
+        .map_err(encode)
 }
 
 /// The core module: `size() -> i64` and `read(offset: i64, len: i32) -> i32` (a return-area
@@ -58,7 +67,9 @@ fn core_module(blob: &[u8]) -> Module {
 
     let mut types = TypeSection::new();
     types.ty().function([], [ValType::I64]);
-    types.ty().function([ValType::I64, ValType::I32], [ValType::I32]);
+    types
+        .ty()
+        .function([ValType::I64, ValType::I32], [ValType::I32]);
     let mut functions = FunctionSection::new();
     functions.function(0);
     functions.function(1);
@@ -83,7 +94,11 @@ fn core_module(blob: &[u8]) -> Module {
     code.function(&read_function(len));
 
     let mut data = DataSection::new();
-    data.active(0, &ConstExpr::i32_const(BLOB_OFFSET as i32), blob.iter().copied());
+    data.active(
+        0,
+        &ConstExpr::i32_const(BLOB_OFFSET as i32),
+        blob.iter().copied(),
+    );
 
     let mut module = Module::new();
     module
@@ -102,7 +117,11 @@ fn read_function(len: u64) -> Function {
     use Instruction as I;
     let len = len as i64;
     let (offset, want, start) = (0, 1, 2);
-    let word = |at| MemArg { offset: at, align: 2, memory_index: 0 };
+    let word = |at| MemArg {
+        offset: at,
+        align: 2,
+        memory_index: 0,
+    };
     let mut f = Function::new([(1, ValType::I64)]);
     for i in [
         // start = offset < len ? offset : len
@@ -149,7 +168,8 @@ mod tests {
     use super::*;
 
     fn validate(bytes: &[u8]) {
-        let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+        let mut validator =
+            wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
         validator.validate_all(bytes).expect("valid component");
     }
 

@@ -114,8 +114,10 @@ impl Engine {
     /// `cache_dir` (created if missing).
     pub fn new(cache_dir: impl Into<PathBuf>) -> Result<Engine, EngineError> {
         let cache_dir = cache_dir.into();
-        std::fs::create_dir_all(&cache_dir)
-            .map_err(|source| EngineError::Cache { path: cache_dir.clone(), source })?;
+        std::fs::create_dir_all(&cache_dir).map_err(|source| EngineError::Cache {
+            path: cache_dir.clone(),
+            source,
+        })?;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(POOL_SLOTS)
             .total_core_instances(POOL_SLOTS * 8)
@@ -155,7 +157,10 @@ impl Engine {
         key.0.update(wasm);
         let hash = hex(&key.0.finalize());
         let path = self.cache_dir.join(format!("{hash}.cwasm"));
-        let compile = |source| EngineError::Compile { hash: hash.clone(), source };
+        let compile = |source| EngineError::Compile {
+            hash: hash.clone(),
+            source,
+        };
         if !path.exists() {
             let code = self.engine.precompile_component(wasm).map_err(compile)?;
             write_atomically(&path, &code)?;
@@ -167,7 +172,9 @@ impl Engine {
 
     /// Loads the generic runtime component (`netless-segment`, world `segment-runtime`).
     pub fn load_runtime(&self, wasm: &[u8]) -> Result<Runtime, EngineError> {
-        Ok(Runtime { component: self.component(wasm)? })
+        Ok(Runtime {
+            component: self.component(wasm)?,
+        })
     }
 
     /// A segment running `blob` (an ONNX model with `netless.*` metadata) in the generic runtime.
@@ -181,34 +188,56 @@ impl Engine {
         limits: Limits,
     ) -> Result<Segment, SegmentError> {
         let label = format!("(blob of {} bytes)", blob.len());
-        let data = data_component::build(blob)
-            .map_err(|e| SegmentError::Load { segment: label.clone(), message: e.to_string() })?;
-        let data = self
-            .component(&data)
-            .map_err(|e| SegmentError::Load { segment: label.clone(), message: e.to_string() })?;
+        let data = data_component::build(blob).map_err(|e| SegmentError::Load {
+            segment: label.clone(),
+            message: e.to_string(),
+        })?;
+        let data = self.component(&data).map_err(|e| SegmentError::Load {
+            segment: label.clone(),
+            message: e.to_string(),
+        })?;
         let pre = |linker: &Linker<State>, component: &Component| {
             linker
                 .instantiate_pre(component)
-                .map_err(|e| SegmentError::Load { segment: label.clone(), message: format!("{e:#}") })
+                .map_err(|e| SegmentError::Load {
+                    segment: label.clone(),
+                    message: format!("{e:#}"),
+                })
         };
         let parts = Parts::Linked {
             runtime: pre(&self.runtime_linker, &runtime.component)?,
             data: pre(&self.data_linker, &data)?,
         };
-        Segment::start(self.engine.clone(), self.ticker.clone(), parts, limits, label)
+        Segment::start(
+            self.engine.clone(),
+            self.ticker.clone(),
+            parts,
+            limits,
+            label,
+        )
     }
 
     /// A segment from a self-contained component exporting `infer-segment`.
     pub fn load_composed(&self, wasm: &[u8], limits: Limits) -> Result<Segment, SegmentError> {
         let label = format!("(component of {} bytes)", wasm.len());
-        let component = self
-            .component(wasm)
-            .map_err(|e| SegmentError::Load { segment: label.clone(), message: e.to_string() })?;
+        let component = self.component(wasm).map_err(|e| SegmentError::Load {
+            segment: label.clone(),
+            message: e.to_string(),
+        })?;
         let pre = self
             .composed_linker
             .instantiate_pre(&component)
-            .map_err(|e| SegmentError::Load { segment: label.clone(), message: format!("{e:#}") })?;
-        Segment::start(self.engine.clone(), self.ticker.clone(), Parts::Composed(pre), limits, label)
+            .map_err(|e| SegmentError::Load {
+                segment: label.clone(),
+                message: format!("{e:#}"),
+            })?;
+        Segment::start(
+            self.engine.clone(),
+            self.ticker.clone(),
+            Parts::Composed(pre),
+            limits,
+            label,
+        )
     }
 }
 
@@ -235,7 +264,10 @@ fn hex(bytes: &[u8]) -> String {
 /// Writes `path` through a temporary file and a rename, so a reader never sees half a file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let cache = |source| EngineError::Cache { path: path.to_path_buf(), source };
+    let cache = |source| EngineError::Cache {
+        path: path.to_path_buf(),
+        source,
+    };
     std::fs::write(&tmp, bytes).map_err(cache)?;
     std::fs::rename(&tmp, path).map_err(cache)
 }

@@ -75,7 +75,10 @@ pub enum SegmentError {
 /// How a segment's instance is put together.
 pub(crate) enum Parts {
     /// The generic runtime and a data component, instantiated side by side and linked by the host.
-    Linked { runtime: InstancePre<State>, data: InstancePre<State> },
+    Linked {
+        runtime: InstancePre<State>,
+        data: InstancePre<State>,
+    },
     /// One self-contained component.
     Composed(InstancePre<State>),
 }
@@ -97,7 +100,10 @@ pub(crate) struct State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -196,9 +202,14 @@ impl Segment {
         limits: Limits,
         label: String,
     ) -> Result<Segment, SegmentError> {
-        let info = SegmentInfo { model: String::new(), index: 0, count: 0, inputs: vec![], outputs: vec![] };
-        let mut segment =
-            Segment {
+        let info = SegmentInfo {
+            model: String::new(),
+            index: 0,
+            count: 0,
+            inputs: vec![],
+            outputs: vec![],
+        };
+        let mut segment = Segment {
             engine,
             _ticker: ticker,
             parts,
@@ -210,7 +221,13 @@ impl Segment {
             stats: SegmentStats::default(),
         };
         let info = segment.call(|guest, store| guest.call_info(store))?;
-        segment.label = format!("{} of {} ({}/{})", info.index, info.model, info.index + 1, info.count);
+        segment.label = format!(
+            "{} of {} ({}/{})",
+            info.index,
+            info.model,
+            info.index + 1,
+            info.count
+        );
         segment.info = info.into();
         Ok(segment)
     }
@@ -262,7 +279,10 @@ impl Segment {
         live.store.set_epoch_deadline(ticks(self.limits.deadline));
         live.store.data_mut().budget.refused = None;
         let started = Instant::now();
-        let result = f(live.guest.netless_inference_infer_segment(), &mut live.store);
+        let result = f(
+            live.guest.netless_inference_infer_segment(),
+            &mut live.store,
+        );
         if !live.called {
             live.called = true;
             self.stats.first_call = started.elapsed();
@@ -290,7 +310,12 @@ impl Segment {
                 .allow_ip_name_lookup(false)
                 .build(),
             table: ResourceTable::new(),
-            budget: MemoryBudget { limit: self.limits.memory_bytes, total: 0, peak: 0, refused: None },
+            budget: MemoryBudget {
+                limit: self.limits.memory_bytes,
+                total: 0,
+                peak: 0,
+                refused: None,
+            },
             data: None,
         };
         let mut store = Store::new(&self.engine, state);
@@ -301,7 +326,9 @@ impl Segment {
             Parts::Linked { runtime, data } => data.instantiate(&mut store).and_then(|data| {
                 let interface = data
                     .get_export_index(&mut store, None, SEGMENT_DATA)
-                    .ok_or_else(|| wasmtime::format_err!("the data component does not export {SEGMENT_DATA}"))?;
+                    .ok_or_else(|| {
+                        wasmtime::format_err!("the data component does not export {SEGMENT_DATA}")
+                    })?;
                 let func = |store: &mut Store<State>, name| {
                     data.get_export_index(&mut *store, Some(&interface), name)
                         .ok_or_else(|| wasmtime::format_err!("{SEGMENT_DATA} has no `{name}`"))
@@ -320,7 +347,11 @@ impl Segment {
         match guest {
             Ok(guest) => {
                 self.stats.instantiate = started.elapsed();
-                Ok(Live { store, guest, called: false })
+                Ok(Live {
+                    store,
+                    guest,
+                    called: false,
+                })
             }
             Err(e) => {
                 let budget = &store.data().budget;
@@ -344,10 +375,14 @@ impl Segment {
             };
         }
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => {
-                SegmentError::DeadlineExceeded { segment, deadline: self.limits.deadline }
-            }
-            _ => SegmentError::Trap { segment, message: format!("{e:?}") },
+            Some(Trap::Interrupt) => SegmentError::DeadlineExceeded {
+                segment,
+                deadline: self.limits.deadline,
+            },
+            _ => SegmentError::Trap {
+                segment,
+                message: format!("{e:?}"),
+            },
         }
     }
 

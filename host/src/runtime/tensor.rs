@@ -62,13 +62,21 @@ impl Tensor {
     /// An `f32` tensor from values (written little-endian).
     pub fn from_f32(name: impl Into<String>, shape: Vec<u64>, values: &[f32]) -> Tensor {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor { name: name.into(), dtype: DType::F32, shape, data }
+        Tensor {
+            name: name.into(),
+            dtype: DType::F32,
+            shape,
+            data,
+        }
     }
 
     /// The elements as `f32`, or `None` if the tensor is not `f32`.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         (self.dtype == DType::F32).then(|| {
-            self.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            self.data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
         })
     }
 }
@@ -143,19 +151,33 @@ impl From<DType> for wit::TensorType {
 
 impl From<wit::Tensor> for Tensor {
     fn from(t: wit::Tensor) -> Tensor {
-        Tensor { name: t.name, dtype: t.ty.into(), shape: t.shape, data: t.data }
+        Tensor {
+            name: t.name,
+            dtype: t.ty.into(),
+            shape: t.shape,
+            data: t.data,
+        }
     }
 }
 
 impl From<Tensor> for wit::Tensor {
     fn from(t: Tensor) -> wit::Tensor {
-        wit::Tensor { name: t.name, ty: t.dtype.into(), shape: t.shape, data: t.data }
+        wit::Tensor {
+            name: t.name,
+            ty: t.dtype.into(),
+            shape: t.shape,
+            data: t.data,
+        }
     }
 }
 
 impl From<wit::TensorSpec> for TensorSpec {
     fn from(s: wit::TensorSpec) -> TensorSpec {
-        TensorSpec { name: s.name, dtype: s.ty.into(), shape: s.shape }
+        TensorSpec {
+            name: s.name,
+            dtype: s.ty.into(),
+            shape: s.shape,
+        }
     }
 }
 

@@ -15,7 +15,10 @@ use std::time::Duration;
 use netless::runtime::{Engine, Limits, Runtime};
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
 }
 
 fn wasm_dir() -> PathBuf {
@@ -44,7 +47,10 @@ pub fn runtime_wasm() -> Option<PathBuf> {
     let path = std::env::var_os("NETLESS_RUNTIME_WASM")
         .map(PathBuf::from)
         .unwrap_or_else(|| wasm_dir().join("netless_segment.wasm"));
-    prerequisite(path, "cargo build --target wasm32-wasip2 --release -p netless-segment")
+    prerequisite(
+        path,
+        "cargo build --target wasm32-wasip2 --release -p netless-segment",
+    )
 }
 
 /// The capability probe component.
@@ -52,7 +58,10 @@ pub fn probe_wasm() -> Option<PathBuf> {
     let path = std::env::var_os("NETLESS_PROBE_WASM")
         .map(PathBuf::from)
         .unwrap_or_else(|| wasm_dir().join("netless_capability_probe.wasm"));
-    prerequisite(path, "cargo build --target wasm32-wasip2 --release -p netless-capability-probe")
+    prerequisite(
+        path,
+        "cargo build --target wasm32-wasip2 --release -p netless-capability-probe",
+    )
 }
 
 /// A reference model file (`squeezenet1_1_rand.onnx`, `..._input.npy`, ...).
@@ -60,15 +69,16 @@ pub fn model_file(name: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("NETLESS_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("../shared/models"));
-    prerequisite(dir.join(name), "set NETLESS_MODELS to the folder of reference models")
+    prerequisite(
+        dir.join(name),
+        "set NETLESS_MODELS to the folder of reference models",
+    )
 }
 
 /// One engine for the whole test binary, caching compiled code under the target folder.
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        Engine::new(wasm_dir().join("netless-test-cache")).expect("engine")
-    })
+    ENGINE.get_or_init(|| Engine::new(wasm_dir().join("netless-test-cache")).expect("engine"))
 }
 
 /// The runtime component, compiled once per test binary (and cached across runs).
@@ -85,5 +95,8 @@ pub fn runtime() -> Option<&'static Runtime> {
 
 /// Generous limits for the reference models.
 pub fn roomy() -> Limits {
-    Limits { memory_bytes: 1 << 30, deadline: Duration::from_secs(60) }
+    Limits {
+        memory_bytes: 1 << 30,
+        deadline: Duration::from_secs(60),
+    }
 }

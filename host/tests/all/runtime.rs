@@ -36,7 +36,10 @@ fn tiny_model() -> Vec<u8> {
     };
     pb::ModelProto {
         ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
         metadata_props: vec![
             meta("netless.model", "tiny"),
             meta("netless.segment.index", "1"),
@@ -60,15 +63,25 @@ fn tiny_model() -> Vec<u8> {
 }
 
 fn tiny_inputs() -> Vec<Tensor> {
-    vec![Tensor::from_f32("y", vec![2], &[10.0, 20.0]), Tensor::from_f32("x", vec![2], &[1.0, 2.0])]
+    vec![
+        Tensor::from_f32("y", vec![2], &[10.0, 20.0]),
+        Tensor::from_f32("x", vec![2], &[1.0, 2.0]),
+    ]
 }
 
 #[test]
 fn tiny_model_reports_metadata_and_passes_tensors_through() {
-    let Some(runtime) = common::runtime() else { return };
-    let mut segment = common::engine().load_segment(runtime, &tiny_model(), common::roomy()).unwrap();
+    let Some(runtime) = common::runtime() else {
+        return;
+    };
+    let mut segment = common::engine()
+        .load_segment(runtime, &tiny_model(), common::roomy())
+        .unwrap();
     let info = segment.info();
-    assert_eq!((info.model.as_str(), info.index, info.count), ("tiny", 1, 3));
+    assert_eq!(
+        (info.model.as_str(), info.index, info.count),
+        ("tiny", 1, 3)
+    );
     let names = |specs: &[netless::runtime::TensorSpec]| {
         specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>()
     };
@@ -79,47 +92,99 @@ fn tiny_model_reports_metadata_and_passes_tensors_through() {
 
     let outputs = segment.infer(tiny_inputs()).unwrap();
     assert_eq!(outputs.len(), 2);
-    assert_eq!((outputs[0].name.as_str(), outputs[0].to_f32().unwrap()), ("z", vec![11.0, 22.0]));
+    assert_eq!(
+        (outputs[0].name.as_str(), outputs[0].to_f32().unwrap()),
+        ("z", vec![11.0, 22.0])
+    );
     assert_eq!(outputs[1], tiny_inputs()[0]);
 }
 
 #[test]
 fn invalid_inputs_are_rejected_naming_the_tensor() {
-    let Some(runtime) = common::runtime() else { return };
-    let mut segment = common::engine().load_segment(runtime, &tiny_model(), common::roomy()).unwrap();
+    let Some(runtime) = common::runtime() else {
+        return;
+    };
+    let mut segment = common::engine()
+        .load_segment(runtime, &tiny_model(), common::roomy())
+        .unwrap();
     let x = || Tensor::from_f32("x", vec![2], &[1.0, 2.0]);
     let y = || Tensor::from_f32("y", vec![2], &[1.0, 2.0]);
     let cases: Vec<(Vec<Tensor>, &str)> = vec![
-        (vec![Tensor { dtype: DType::I32, ..x() }, y()], "input `x`: type i32, declared f32"),
-        (vec![Tensor::from_f32("x", vec![1, 2], &[1.0, 2.0]), y()], "input `x`: shape [1, 2], declared [2]"),
-        (vec![Tensor { data: vec![0; 7], ..x() }, y()], "input `x`: 7 data bytes, shape [2] of f32 needs 8"),
+        (
+            vec![
+                Tensor {
+                    dtype: DType::I32,
+                    ..x()
+                },
+                y(),
+            ],
+            "input `x`: type i32, declared f32",
+        ),
+        (
+            vec![Tensor::from_f32("x", vec![1, 2], &[1.0, 2.0]), y()],
+            "input `x`: shape [1, 2], declared [2]",
+        ),
+        (
+            vec![
+                Tensor {
+                    data: vec![0; 7],
+                    ..x()
+                },
+                y(),
+            ],
+            "input `x`: 7 data bytes, shape [2] of f32 needs 8",
+        ),
         (vec![x()], "missing input `y`"),
         (vec![x(), y(), x()], "input `x` given more than once"),
-        (vec![x(), y(), Tensor { name: "w".into(), ..x() }], "unknown input `w`"),
+        (
+            vec![
+                x(),
+                y(),
+                Tensor {
+                    name: "w".into(),
+                    ..x()
+                },
+            ],
+            "unknown input `w`",
+        ),
     ];
     for (inputs, expected) in cases {
         match segment.infer(inputs) {
             Err(SegmentError::InvalidInput { segment, message }) => {
                 assert_eq!(segment, "1 of tiny (2/3)");
-                assert!(message.contains(expected), "{message:?} should contain {expected:?}");
+                assert!(
+                    message.contains(expected),
+                    "{message:?} should contain {expected:?}"
+                );
             }
             other => panic!("expected invalid-input {expected:?}, got {other:?}"),
         }
     }
-    assert_eq!(segment.stats().instances, 1, "a guest error keeps the instance");
-    assert_eq!(segment.infer(tiny_inputs()).unwrap()[0].to_f32().unwrap(), [11.0, 22.0]);
+    assert_eq!(
+        segment.stats().instances,
+        1,
+        "a guest error keeps the instance"
+    );
+    assert_eq!(
+        segment.infer(tiny_inputs()).unwrap()[0].to_f32().unwrap(),
+        [11.0, 22.0]
+    );
 }
 
 #[test]
 fn composed_component_is_valid_and_runs_by_itself() {
-    let Some(path) = common::runtime_wasm() else { return };
+    let Some(path) = common::runtime_wasm() else {
+        return;
+    };
     let runtime = std::fs::read(path).unwrap();
     let data = data_component::build(&tiny_model()).unwrap();
     let composed = compose::segment(&runtime, &data).unwrap();
     wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
         .validate_all(&composed)
         .expect("the composed component validates");
-    let mut segment = common::engine().load_composed(&composed, common::roomy()).unwrap();
+    let mut segment = common::engine()
+        .load_composed(&composed, common::roomy())
+        .unwrap();
     assert_eq!(segment.info().model, "tiny");
     let outputs = segment.infer(tiny_inputs()).unwrap();
     assert_eq!(outputs[0].to_f32().unwrap(), [11.0, 22.0]);
@@ -131,14 +196,22 @@ fn npy(name: &str) -> Option<ArrayD<f32>> {
 
 /// Runs a reference model as one segment and compares with PyTorch's logits.
 fn reference_model(stem: &str) {
-    let Some(runtime) = common::runtime() else { return };
-    let Some(model) = common::model_file(&format!("{stem}.onnx")) else { return };
-    let (Some(input), Some(expected)) = (npy(&format!("{stem}_input.npy")), npy(&format!("{stem}_logits.npy")))
-    else {
+    let Some(runtime) = common::runtime() else {
+        return;
+    };
+    let Some(model) = common::model_file(&format!("{stem}.onnx")) else {
+        return;
+    };
+    let (Some(input), Some(expected)) = (
+        npy(&format!("{stem}_input.npy")),
+        npy(&format!("{stem}_logits.npy")),
+    ) else {
         return;
     };
     let blob = std::fs::read(model).unwrap();
-    let mut segment = common::engine().load_segment(runtime, &blob, common::roomy()).unwrap();
+    let mut segment = common::engine()
+        .load_segment(runtime, &blob, common::roomy())
+        .unwrap();
     let spec = &segment.info().inputs[0];
     assert_eq!(spec.shape[1..], [Some(3), Some(224), Some(224)]);
     let shape = input.shape().iter().map(|&d| d as u64).collect();
@@ -147,8 +220,14 @@ fn reference_model(stem: &str) {
     let logits = outputs[0].to_f32().unwrap();
     assert_eq!(outputs[0].shape, [1, 1000]);
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = logits.iter().zip(expected.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(worst / scale <= 1e-4, "{stem}: max |error| {worst} over max |logit| {scale}");
+    let worst = logits
+        .iter()
+        .zip(expected.iter())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst / scale <= 1e-4,
+        "{stem}: max |error| {worst} over max |logit| {scale}"
+    );
 }
 
 #[test]
@@ -163,62 +242,120 @@ fn mobilenet_matches_reference_logits() {
 
 #[test]
 fn memory_limit_is_too_large_naming_segment_and_a_fresh_instance_recovers() {
-    let Some(runtime) = common::runtime() else { return };
-    let Some(model) = common::model_file("squeezenet1_1_rand.onnx") else { return };
+    let Some(runtime) = common::runtime() else {
+        return;
+    };
+    let Some(model) = common::model_file("squeezenet1_1_rand.onnx") else {
+        return;
+    };
     let blob = std::fs::read(model).unwrap();
     let engine = common::engine();
 
-    let tiny = Limits { memory_bytes: 4 << 20, ..common::roomy() };
+    let tiny = Limits {
+        memory_bytes: 4 << 20,
+        ..common::roomy()
+    };
     match engine.load_segment(runtime, &blob, tiny) {
         Err(SegmentError::TooLarge { segment, message }) => {
-            assert!(segment.contains(&format!("{} bytes", blob.len())), "{segment}");
-            assert!(message.contains(&format!("limit of {} bytes", 4 << 20)), "{message}");
+            assert!(
+                segment.contains(&format!("{} bytes", blob.len())),
+                "{segment}"
+            );
+            assert!(
+                message.contains(&format!("limit of {} bytes", 4 << 20)),
+                "{message}"
+            );
         }
-        other => panic!("expected too-large, got {:?}", other.map(|s| s.label().to_string())),
+        other => panic!(
+            "expected too-large, got {:?}",
+            other.map(|s| s.label().to_string())
+        ),
     }
 
     // Enough to prepare the model and run one image, not a batch of 64.
-    let one = engine.load_segment(runtime, &blob, common::roomy()).unwrap().peak_memory();
-    let limits = Limits { memory_bytes: one + (64 << 20), ..common::roomy() };
+    let one = engine
+        .load_segment(runtime, &blob, common::roomy())
+        .unwrap()
+        .peak_memory();
+    let limits = Limits {
+        memory_bytes: one + (64 << 20),
+        ..common::roomy()
+    };
     let mut segment = engine.load_segment(runtime, &blob, limits).unwrap();
     let input = segment.info().inputs[0].name.clone();
     let image = |n: u64| {
         let values = vec![0.5f32; n as usize * 3 * 224 * 224];
-        vec![Tensor::from_f32(input.clone(), vec![n, 3, 224, 224], &values)]
+        vec![Tensor::from_f32(
+            input.clone(),
+            vec![n, 3, 224, 224],
+            &values,
+        )]
     };
     match segment.infer(image(64)) {
-        Err(SegmentError::TooLarge { segment: name, message }) => {
-            assert!(name.contains("squeezenet") || name.starts_with("0 of"), "{name}");
-            assert!(message.contains(&format!("limit of {} bytes", limits.memory_bytes)), "{message}");
+        Err(SegmentError::TooLarge {
+            segment: name,
+            message,
+        }) => {
+            assert!(
+                name.contains("squeezenet") || name.starts_with("0 of"),
+                "{name}"
+            );
+            assert!(
+                message.contains(&format!("limit of {} bytes", limits.memory_bytes)),
+                "{message}"
+            );
         }
         other => panic!("expected too-large, got {other:?}"),
     }
     assert_eq!(segment.infer(image(1)).unwrap()[0].shape, [1, 1000]);
-    assert_eq!(segment.stats().instances, 2, "the failed instance was replaced");
+    assert_eq!(
+        segment.stats().instances,
+        2,
+        "the failed instance was replaced"
+    );
 }
 
 #[test]
 fn deadline_interrupts_the_call_naming_the_segment() {
-    let Some(runtime) = common::runtime() else { return };
-    let Some(model) = common::model_file("squeezenet1_1_rand.onnx") else { return };
+    let Some(runtime) = common::runtime() else {
+        return;
+    };
+    let Some(model) = common::model_file("squeezenet1_1_rand.onnx") else {
+        return;
+    };
     let blob = std::fs::read(model).unwrap();
-    let limits = Limits { deadline: Duration::from_millis(1), ..common::roomy() };
+    let limits = Limits {
+        deadline: Duration::from_millis(1),
+        ..common::roomy()
+    };
     match common::engine().load_segment(runtime, &blob, limits) {
         Err(SegmentError::DeadlineExceeded { segment, deadline }) => {
             assert!(segment.contains("bytes"), "{segment}");
             assert_eq!(deadline, Duration::from_millis(1));
         }
-        other => panic!("expected deadline exceeded, got {:?}", other.map(|s| s.label().to_string())),
+        other => panic!(
+            "expected deadline exceeded, got {:?}",
+            other.map(|s| s.label().to_string())
+        ),
     }
 }
 
 #[test]
 fn guest_cannot_read_files_open_sockets_or_see_the_environment() {
-    let Some(path) = common::probe_wasm() else { return };
+    let Some(path) = common::probe_wasm() else {
+        return;
+    };
     let wasm = std::fs::read(path).unwrap();
-    let mut probe = common::engine().load_composed(&wasm, common::roomy()).unwrap();
+    let mut probe = common::engine()
+        .load_composed(&wasm, common::roomy())
+        .unwrap();
     let target = env!("CARGO_MANIFEST_DIR").to_string() + "/Cargo.toml";
-    let input = Tensor { name: "path".into(), dtype: DType::U8, shape: vec![target.len() as u64], data: target.into_bytes() };
+    let input = Tensor {
+        name: "path".into(),
+        dtype: DType::U8,
+        shape: vec![target.len() as u64],
+        data: target.into_bytes(),
+    };
     let report = probe.infer(vec![input]).unwrap();
     let report = String::from_utf8(report[0].data.clone()).unwrap();
     let lines: Vec<&str> = report.lines().collect();
