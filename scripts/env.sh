@@ -2,3 +2,4 @@
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/netless/target}"
 export NETLESS_BIN="$CARGO_TARGET_DIR/debug/netless"
 export NETLESS_MODELS="${NETLESS_MODELS:-$PWD/models}"
+export NETLESS_RUNTIME_WASM="${NETLESS_RUNTIME_WASM:-$CARGO_TARGET_DIR/wasm32-wasip2/release/netless_segment.wasm}"

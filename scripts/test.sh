@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 
+bash scripts/build-components.sh
 cargo build --locked -p netless
 cargo test --locked --workspace
 python3 -m pytest -q tests/python

@@ -1,11 +1,17 @@
 //! Parsing the command line and printing results; all work is done by the library.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use netless::onnx::{Graph, OnnxModel};
+use netless::calibrate;
+use netless::package::artifacts;
+use netless::pipeline::{self, Mode, Pipeline};
+use netless::runtime::Engine;
 use netless::plan::file::Plan;
 use netless::plan::partition::mib;
 use netless::plan::{CostModel, MemoryModel, Objective, Request};
@@ -54,6 +60,57 @@ enum Command {
         /// The unsplit model, if it moved since the split.
         #[arg(long)]
         model: Option<PathBuf>,
+    },
+    /// Build every segment of a split into a self-contained WASI component (OUT/components/).
+    Build {
+        /// The split's output folder.
+        dir: PathBuf,
+        /// The generic segment runtime component (default: $NETLESS_RUNTIME_WASM, else beside this binary's
+        /// build folder).
+        #[arg(long)]
+        runtime: Option<PathBuf>,
+    },
+    /// Link all segment components into one pipeline component (OUT/pipeline.wasm).
+    Compose {
+        /// The built split's folder.
+        dir: PathBuf,
+        /// The pair-combinator component (default: $NETLESS_COMPOSER_WASM, else beside the runtime).
+        #[arg(long)]
+        composer: Option<PathBuf>,
+    },
+    /// Measure segments' peak memory in the wasm runtime and fit the memory model to it.
+    Calibrate {
+        /// Models to split and measure.
+        #[arg(required = true)]
+        models: Vec<PathBuf>,
+        /// Segment counts to split each model into.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        segments: Vec<usize>,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        /// The generic segment runtime component.
+        #[arg(long)]
+        runtime: Option<PathBuf>,
+        /// Write the fitted memory model here (JSON), for `split --memory-model`.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+    /// Run a built split in the wasmtime host, each segment within its planned memory budget.
+    Run {
+        /// The built split's folder.
+        dir: PathBuf,
+        /// An input as NAME=FILE.npy (repeatable); inputs not given are generated deterministically.
+        #[arg(long = "input", value_parser = parse_input)]
+        inputs: Vec<(String, PathBuf)>,
+        /// Write every output as OUTPUT_NAME.npy into this folder.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        /// Run the composed pipeline.wasm instead of the segments one by one.
+        #[arg(long)]
+        composed: bool,
+        /// Deadline of one call into a segment, in milliseconds.
+        #[arg(long, default_value_t = 60_000)]
+        deadline_ms: u64,
     },
 }
 
@@ -104,11 +161,21 @@ struct PlanArgs {
     shapes: ShapeArgs,
     #[command(flatten)]
     costs: CostArgs,
+    /// A memory model (JSON, as written by `netless calibrate --write`) instead of the built-in one.
+    #[arg(long)]
+    memory_model: Option<PathBuf>,
 }
 
 impl PlanArgs {
-    fn options(&self) -> SplitOptions {
-        SplitOptions {
+    fn options(&self) -> anyhow::Result<SplitOptions> {
+        let memory = match &self.memory_model {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                serde_json::from_str(&text).with_context(|| format!("{}: not a memory model", path.display()))?
+            }
+            None => MemoryModel::default(),
+        };
+        Ok(SplitOptions {
             request: Request {
                 max_memory: self.max_memory,
                 segments: self.segments,
@@ -116,9 +183,9 @@ impl PlanArgs {
                 max_segments: self.max_segments,
             },
             input_shapes: self.shapes.input_shapes.clone(),
-            memory: MemoryModel::default(),
+            memory,
             cost: self.costs.model(),
-        }
+        })
     }
 }
 
@@ -149,7 +216,13 @@ pub fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let mut message = e.to_string();
+            for cause in e.chain().skip(1).map(|c| c.to_string()) {
+                if !message.contains(&cause) {
+                    message = format!("{message}: {cause}");
+                }
+            }
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }
@@ -159,17 +232,63 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect { model, shapes, costs } => inspect(&model, &shapes, &costs),
         Command::Plan(args) => {
-            let split = Split::new(&args.model, &args.options())?;
+            let split = Split::new(&args.model, &args.options()?)?;
             print_plan(&split.plan);
             Ok(())
         }
         Command::Split { plan, out } => {
-            let split = Split::new(&plan.model, &plan.options())?;
+            let split = Split::new(&plan.model, &plan.options()?)?;
             let written = split.write(&out)?;
             print_plan(&written);
             println!("wrote {} segments and plan.json to {}", written.segments.len(), out.display());
             Ok(())
         }
+        Command::Build { dir, runtime } => {
+            let plan = Plan::load(&dir)?;
+            let path = runtime.unwrap_or_else(|| component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"));
+            let wasm = std::fs::read(&path).with_context(|| format!("reading the segment runtime {} (build it with scripts/build-components.sh)", path.display()))?;
+            let built = artifacts::build(&dir, &plan, &wasm)?;
+            println!("{:>3} {:>14} {:>14} {:>10}", "seg", "component", "data", "build ms");
+            for b in &built {
+                println!("{:>3} {:>14} {:>14} {:>10.1}", b.index, b.component_bytes, b.data_bytes, b.seconds * 1e3);
+            }
+            println!("built {} components in {}", built.len(), dir.join(artifacts::DIR).display());
+            Ok(())
+        }
+        Command::Compose { dir, composer } => {
+            let plan = Plan::load(&dir)?;
+            let path = composer.unwrap_or_else(|| component_path("NETLESS_COMPOSER_WASM", "netless_composer.wasm"));
+            let wasm = std::fs::read(&path).with_context(|| format!("reading the composer {} (build it with scripts/build-components.sh)", path.display()))?;
+            let out = artifacts::compose_pipeline(&dir, &plan, &wasm)?;
+            println!("composed {} segments into {}", plan.segments.len(), out.display());
+            Ok(())
+        }
+        Command::Calibrate { models, segments, shapes, runtime, write } => {
+            let path = runtime.unwrap_or_else(|| component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"));
+            let wasm = std::fs::read(&path).with_context(|| format!("reading the segment runtime {}", path.display()))?;
+            let engine = Engine::new(cache_dir())?;
+            let runtime = engine.load_runtime(&wasm)?;
+            let mut samples = Vec::new();
+            for model in &models {
+                for &k in &segments {
+                    samples.extend(calibrate::measure(&engine, &runtime, model, &shapes.input_shapes, k).with_context(|| format!("{} in {k} segments", model.display()))?);
+                }
+            }
+            let names: Vec<String> = models.iter().map(|m| m.file_stem().unwrap_or_default().to_string_lossy().into_owned()).collect();
+            let fitted = calibrate::fit(&samples, format!("fitted by `netless calibrate` to {} segments of {} (K = {:?})", samples.len(), names.join(", "), segments));
+            println!("{:<36} {:>10} {:>10} {:>10} {:>12} {:>12}", "segment", "weights", "peak act.", "io", "measured", "estimate");
+            for s in &samples {
+                let estimate = fitted.estimate(s.weights, s.peak_activations, s.io);
+                println!("{:<36} {:>10} {:>10} {:>10} {:>12} {:>12}", s.label, mib(s.weights), mib(s.peak_activations), mib(s.io), mib(s.measured), mib(estimate));
+            }
+            let json = serde_json::to_string_pretty(&fitted)?;
+            println!("{json}");
+            if let Some(path) = write {
+                std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Run { dir, inputs, output_dir, composed, deadline_ms } => run_pipeline(&dir, &inputs, output_dir.as_deref(), composed, deadline_ms),
         Command::Verify { dir, inputs, tolerance, model } => {
             let report = verify::verify(&dir, &VerifyOptions { inputs, tolerance, model })?;
             println!("{:<32} {:>6} {:>12} {:>12}  result", "output", "type", "max |diff|", "rel. error");
@@ -185,6 +304,71 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A guest component: from `env`, else in the wasm32-wasip2 release folder of the build this binary
+/// belongs to (`target/debug/netless` -> `target/wasm32-wasip2/release/NAME`).
+fn component_path(env: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().ok();
+    let target = exe.as_deref().and_then(|e| e.parent()).and_then(|p| p.parent());
+    target.map(|t| t.join("wasm32-wasip2/release").join(name)).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Where compiled code is cached: $NETLESS_CACHE, else ~/.cache/netless/compiled.
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("NETLESS_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache/netless/compiled")
+}
+
+fn run_pipeline(dir: &Path, given: &[(String, PathBuf)], output_dir: Option<&Path>, composed: bool, deadline_ms: u64) -> anyhow::Result<()> {
+    let engine = Engine::new(cache_dir())?;
+    let mode = if composed { Mode::Composed } else { Mode::Segments };
+    let started = Instant::now();
+    let mut pipeline = Pipeline::load(&engine, dir, mode, Duration::from_millis(deadline_ms))?;
+    let loaded = started.elapsed();
+    let plan = pipeline.plan().clone();
+    for spec in &plan.model.inputs {
+        if !given.iter().any(|(n, _)| n == &spec.name) {
+            eprintln!("input `{}` not given: using a generated {} {:?}", spec.name, spec.dtype, spec.shape);
+        }
+    }
+    let tensors = verify::load_inputs(&plan.model.inputs, given)?;
+    let wire = plan
+        .model
+        .inputs
+        .iter()
+        .map(|spec| Ok((spec.name.clone(), pipeline::to_wire(spec, &tensors[&spec.name])?)))
+        .collect::<anyhow::Result<HashMap<_, _>>>()?;
+    let started = Instant::now();
+    let outputs = pipeline.infer(&wire)?;
+    let ran = started.elapsed();
+    if let Some(out) = output_dir {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    }
+    for output in &outputs {
+        let tensor = pipeline::from_wire(output)?;
+        let preview: Vec<String> = match tensor.cast_to_dt(tract_onnx::prelude::DatumType::F64) {
+            Ok(t) => t.try_as_plain_ram().ok().and_then(|v| v.as_slice::<f64>().ok().map(|s| s.iter().take(6).map(|x| format!("{x:.5}")).collect())).unwrap_or_default(),
+            Err(_) => vec![],
+        };
+        println!("{} {:?} {:?} [{} ...]", output.name, output.dtype, output.shape, preview.join(", "));
+        if let Some(out) = output_dir {
+            let path = out.join(format!("{}.npy", output.name.replace(['/', '\\', ':'], "_")));
+            netless::npy::write(&path, &output.name, &tensor)?;
+        }
+    }
+    for (stage, seg) in pipeline.stages().iter().zip(&plan.segments) {
+        let budget = if composed { pipeline::composed_budget(&plan) } else { seg.estimated_memory };
+        println!("{}: peak memory {} of a {} budget", stage.label(), mib(stage.peak_memory()), mib(budget));
+    }
+    println!("loaded in {:.1} ms, inference {:.1} ms ({} in wasmtime)", loaded.as_secs_f64() * 1e3, ran.as_secs_f64() * 1e3, if composed { "composed" } else { "segment by segment" });
+    Ok(())
 }
 
 fn inspect(path: &PathBuf, shapes: &ShapeArgs, costs: &CostArgs) -> anyhow::Result<()> {

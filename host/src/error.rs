@@ -82,6 +82,30 @@ pub enum Error {
         /// tract's error chain.
         reason: String,
     },
+    /// Building or composing components failed.
+    #[error("{what}: {reason}")]
+    Package {
+        /// The artifact being built.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A segment failed in the wasm runtime.
+    #[error("segment {index} ({file}) failed: {cause}")]
+    Stage {
+        /// The segment's index (0 for the composed pipeline).
+        index: usize,
+        /// Its ONNX file, or `pipeline.wasm`.
+        file: String,
+        /// What the runtime reported.
+        cause: crate::runtime::SegmentError,
+    },
+    /// A segment failed in the wasm runtime (the message names the segment).
+    #[error(transparent)]
+    Segment(#[from] crate::runtime::SegmentError),
+    /// The wasmtime engine could not be set up or a component not compiled.
+    #[error(transparent)]
+    Engine(#[from] crate::runtime::EngineError),
     /// A tensor given by the user does not fit the model.
     #[error("tensor `{name}`: {reason}")]
     Tensor {

@@ -1,17 +1,23 @@
 //! NetLess: split an ONNX model into segments that each fit a serverless function's memory limit, and run
-//! them as one pipeline.
+//! them as one pipeline of WebAssembly components.
 //!
 //! Data flows one way through the modules: [`onnx`] (load, shapes, costs) -> [`plan`] (topological order,
-//! partition, plan file) -> [`emit`] (segment ONNX files) -> [`verify`] (segments against the unsplit model).
+//! partition, plan file) -> [`emit`] (segment ONNX files) -> [`package`] (components from the generic
+//! runtime and each segment's blob) -> [`runtime`] (wasmtime: instances, limits, deadlines). [`verify`]
+//! checks segments against the unsplit model in native tract.
 #![deny(missing_docs)]
 
+pub mod calibrate;
 pub mod emit;
 pub mod error;
 pub mod native;
 pub mod npy;
 pub mod onnx;
+pub mod package;
+pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod runtime;
 pub mod split;
 pub mod verify;
 

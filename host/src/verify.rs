@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use prost::Message;
-use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
 use crate::native::NativeModel;
-use crate::onnx::load::hex;
 use crate::onnx::{ElemType, OnnxModel};
 use crate::plan::Plan;
 use crate::plan::file::TensorSpec;
@@ -51,18 +49,6 @@ impl Report {
     }
 }
 
-/// Reads a plan's segment file, checking its hash against the plan.
-pub fn read_segment(dir: &Path, plan: &Plan, index: usize) -> Result<Vec<u8>> {
-    let seg = &plan.segments[index];
-    let path = dir.join(&seg.file);
-    let bytes = std::fs::read(&path).map_err(Error::io(&path))?;
-    let actual = hex(&Sha256::digest(&bytes));
-    if actual != seg.sha256 {
-        return Err(Error::Plan { path, reason: format!("sha256 is {actual}, the plan says {}", seg.sha256) });
-    }
-    Ok(bytes)
-}
-
 /// Runs every segment of a plan in native tract, one after another; returns the model's outputs.
 pub fn run_segments(dir: &Path, plan: &Plan, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>> {
     let models = (0..plan.segments.len()).map(|i| load_segment(dir, plan, i)).collect::<Result<Vec<_>>>()?;
@@ -70,7 +56,7 @@ pub fn run_segments(dir: &Path, plan: &Plan, inputs: &HashMap<String, Tensor>) -
 }
 
 fn load_segment(dir: &Path, plan: &Plan, index: usize) -> Result<NativeModel> {
-    let bytes = read_segment(dir, plan, index)?;
+    let bytes = plan.read_segment(dir, index)?;
     let path = dir.join(&plan.segments[index].file);
     let proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
         .map_err(|e| Error::NotOnnx { path, reason: e.to_string() })?;

@@ -5,7 +5,7 @@ use std::path::Path;
 use netless::onnx::pb::GraphProto;
 
 use crate::onnx_builder::{graph_attribute, model, node, save, value, weight};
-use crate::support::{failure, model as test_model, netless};
+use crate::common::{failure, model as test_model, netless};
 
 fn split(model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["split", model.to_str().unwrap(), "-o", out.to_str().unwrap()];

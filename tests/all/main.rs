@@ -1,7 +1,10 @@
-//! NetLess's integration tests, in one binary: real models through the real library and CLI.
+//! NetLess's integration tests, in one binary: real models through the real library, CLI, components
+//! and host. See `common` for where prerequisites are found.
 
 mod bad_input;
+mod common;
 mod onnx_builder;
 mod partition_dp;
+mod pipeline;
+mod runtime;
 mod split_models;
-mod support;

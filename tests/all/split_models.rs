@@ -12,7 +12,7 @@ use netless::plan::{CostModel, MemoryModel, Objective, Request};
 use netless::split::{Split, SplitOptions};
 use netless::verify::{compare, load_inputs, run_segments};
 
-use crate::support::model;
+use crate::common::model;
 
 fn options(max_memory: u64, segments: Option<usize>, objective: Objective, shapes: &[(&str, &[u64])]) -> SplitOptions {
     SplitOptions {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use super::{CostModel, MemoryModel, Objective};
 use crate::onnx::ElemType;
@@ -170,6 +171,18 @@ impl Plan {
             }
         }
         Ok(plan)
+    }
+
+    /// Reads segment `index`'s ONNX file from the plan's folder `dir`, checking its sha256.
+    pub fn read_segment(&self, dir: &Path, index: usize) -> Result<Vec<u8>> {
+        let seg = &self.segments[index];
+        let path = dir.join(&seg.file);
+        let bytes = std::fs::read(&path).map_err(Error::io(&path))?;
+        let actual = crate::onnx::load::hex(&sha2::Sha256::digest(&bytes));
+        if actual != seg.sha256 {
+            return Err(Error::Plan { path, reason: format!("sha256 is {actual}, the plan says {}", seg.sha256) });
+        }
+        Ok(bytes)
     }
 
     /// The plan as pretty JSON.

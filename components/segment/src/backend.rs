@@ -1,0 +1,171 @@
+//! The one seam to the inference engine: prepare a model once, compute named tensors with it.
+
+use tract_onnx::pb;
+use tract_onnx::prelude::{
+    Arc, DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TVec,
+    Tensor as TractTensor, TypedRunnableModel,
+};
+
+use crate::contract::{Contract, type_name};
+use crate::netless::inference::types::{Error, Tensor, TensorType};
+
+/// A model optimised and ready to run; outputs that merely pass an input through are not in it.
+pub struct Prepared {
+    /// `None` when every output is a pass-through input and there is nothing to compute.
+    plan: Option<Arc<TypedRunnableModel>>,
+    /// For each model input, its position among the contract's (validated, ordered) inputs.
+    input_order: Vec<usize>,
+    /// Names of the computed outputs, in the contract's output order.
+    outputs: Vec<String>,
+}
+
+impl Prepared {
+    /// Builds the runnable model from the decoded ONNX proto.
+    ///
+    /// Anything tract cannot translate or optimise is reported as `unsupported`.
+    pub fn load(proto: pb::ModelProto, contract: &Contract) -> Result<Prepared, Error> {
+        let unsupported = |e: tract_onnx::prelude::TractError| Error::Unsupported(format!("{e:#}"));
+        let info = &contract.info;
+        let outputs: Vec<String> = info
+            .outputs
+            .iter()
+            .filter(|o| !info.inputs.iter().any(|i| i.name == o.name))
+            .map(|o| o.name.clone())
+            .collect();
+        if outputs.is_empty() {
+            return Ok(Prepared {
+                plan: None,
+                input_order: Vec::new(),
+                outputs,
+            });
+        }
+        let mut model = tract_onnx::onnx()
+            .model_for_proto_model(&proto)
+            .map_err(unsupported)?;
+        drop(proto);
+        let outlets = outputs
+            .iter()
+            .map(|name| {
+                model.find_outlet_label(name).ok_or_else(|| {
+                    Error::Internal(format!("the model has no tensor named `{name}` to output"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        model.select_output_outlets(&outlets).map_err(unsupported)?;
+        let input_order = model
+            .input_outlets()
+            .map_err(unsupported)?
+            .iter()
+            .map(|outlet| {
+                let name = &model.node(outlet.node).name;
+                info.inputs
+                    .iter()
+                    .position(|i| &i.name == name)
+                    .ok_or_else(|| {
+                        Error::Internal(format!("model input `{name}` is not in the contract"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Restate fully known input facts: tract loses them on inputs that are also outputs.
+        for (slot, &i) in input_order.iter().enumerate() {
+            let spec = &info.inputs[i];
+            let dims: Option<Vec<usize>> =
+                spec.shape.iter().map(|d| d.map(|d| d as usize)).collect();
+            if let (Some(dt), Some(dims)) = (datum_type(spec.ty), dims) {
+                let fact = InferenceFact::dt_shape(dt, dims.as_slice());
+                model.set_input_fact(slot, fact).map_err(unsupported)?;
+            }
+        }
+        let plan = model
+            .into_optimized()
+            .map_err(unsupported)?
+            .into_runnable()
+            .map_err(unsupported)?;
+        Ok(Prepared {
+            plan: Some(plan),
+            input_order,
+            outputs,
+        })
+    }
+
+    /// Runs the model on validated inputs (in contract order); returns the computed outputs.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+        let Some(plan) = &self.plan else {
+            return Ok(Vec::new());
+        };
+        let feed = self
+            .input_order
+            .iter()
+            .map(|&i| to_tract(&inputs[i]).map(IntoTValue::into_tvalue))
+            .collect::<Result<TVec<_>, _>>()?;
+        let results = plan
+            .run(feed)
+            .map_err(|e| Error::Internal(format!("{e:#}")))?;
+        results
+            .iter()
+            .zip(&self.outputs)
+            .map(|(t, name)| from_tract(name, t))
+            .collect()
+    }
+}
+
+/// The tract type of a WIT tensor type; tract has no bf16.
+fn datum_type(ty: TensorType) -> Option<DatumType> {
+    Some(match ty {
+        TensorType::F16 => DatumType::F16,
+        TensorType::F32 => DatumType::F32,
+        TensorType::F64 => DatumType::F64,
+        TensorType::U8 => DatumType::U8,
+        TensorType::I8 => DatumType::I8,
+        TensorType::U16 => DatumType::U16,
+        TensorType::I16 => DatumType::I16,
+        TensorType::U32 => DatumType::U32,
+        TensorType::I32 => DatumType::I32,
+        TensorType::U64 => DatumType::U64,
+        TensorType::I64 => DatumType::I64,
+        TensorType::Boolean => DatumType::Bool,
+        TensorType::Bf16 => return None,
+    })
+}
+
+fn to_tract(t: &Tensor) -> Result<TractTensor, Error> {
+    let dt = datum_type(t.ty).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "input `{}`: {} is not supported",
+            t.name,
+            type_name(t.ty)
+        ))
+    })?;
+    let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+    // SAFETY: the contract checked the byte count against the shape, and booleans are 0 or 1.
+    unsafe { TractTensor::from_raw_dt(dt, &shape, &t.data) }
+        .map_err(|e| Error::InvalidInput(format!("input `{}`: {e:#}", t.name)))
+}
+
+fn from_tract(name: &str, t: &TractTensor) -> Result<Tensor, Error> {
+    let ty = match t.datum_type() {
+        DatumType::F16 => TensorType::F16,
+        DatumType::F32 => TensorType::F32,
+        DatumType::F64 => TensorType::F64,
+        DatumType::U8 => TensorType::U8,
+        DatumType::I8 => TensorType::I8,
+        DatumType::U16 => TensorType::U16,
+        DatumType::I16 => TensorType::I16,
+        DatumType::U32 => TensorType::U32,
+        DatumType::I32 => TensorType::I32,
+        DatumType::U64 => TensorType::U64,
+        DatumType::I64 => TensorType::I64,
+        DatumType::Bool => TensorType::Boolean,
+        other => {
+            return Err(Error::Unsupported(format!(
+                "output `{name}` has type {other:?}"
+            )));
+        }
+    };
+    Ok(Tensor {
+        name: name.to_string(),
+        ty,
+        shape: t.shape().iter().map(|&d| d as u64).collect(),
+        data: t.as_bytes().to_vec(),
+    })
+}

@@ -1,0 +1,77 @@
+//! The generic NetLess segment runtime: one WASI 0.2 component, built once, that runs any segment.
+//!
+//! The segment's model comes from the `segment-data` import (a per-segment data component). On the
+//! first call the runtime reads that blob, decodes its contract ([`contract`]) and prepares the model
+//! with tract ([`backend`]); both live as long as the instance, so only the first call pays for them.
+
+mod backend;
+mod contract;
+
+use std::cell::OnceCell;
+
+wit_bindgen::generate!({ world: "segment-runtime", path: "../../wit" });
+
+use exports::netless::inference::infer_segment::Guest;
+use netless::inference::types::{Error, SegmentInfo, Tensor};
+
+/// What one instance knows about its segment once the blob has been read.
+struct Loaded {
+    contract: contract::Contract,
+    /// The prepared model, or why it could not be prepared (reported by every `infer`).
+    model: Result<backend::Prepared, Error>,
+}
+
+thread_local! {
+    static LOADED: OnceCell<Loaded> = const { OnceCell::new() };
+}
+
+/// Runs `f` on the loaded segment, reading and preparing it on the first call.
+///
+/// A blob that is not an ONNX model has no contract to report, so `info` cannot answer: that is
+/// a broken artifact and the instance traps with the reason (the host names the segment).
+fn with_loaded<R>(f: impl FnOnce(&Loaded) -> R) -> R {
+    LOADED.with(|cell| {
+        let loaded = cell.get_or_init(|| {
+            let blob = contract::read_blob();
+            let proto = contract::decode(blob).unwrap_or_else(|e| panic!("segment blob: {e}"));
+            let contract = contract::Contract::from_proto(&proto)
+                .unwrap_or_else(|e| panic!("segment contract: {e}"));
+            let model = backend::Prepared::load(proto, &contract);
+            Loaded { contract, model }
+        });
+        f(loaded)
+    })
+}
+
+struct Runtime;
+
+impl Guest for Runtime {
+    fn info() -> SegmentInfo {
+        with_loaded(|loaded| loaded.contract.info.clone())
+    }
+
+    fn infer(inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+        with_loaded(|loaded| {
+            let model = loaded.model.as_ref().map_err(Clone::clone)?;
+            let inputs = loaded.contract.validate(inputs)?;
+            let mut computed = model.run(&inputs)?.into_iter();
+            loaded
+                .contract
+                .info
+                .outputs
+                .iter()
+                .map(|spec| match inputs.iter().find(|t| t.name == spec.name) {
+                    Some(passed) => Ok(passed.clone()),
+                    None => computed.next().ok_or_else(|| {
+                        Error::Internal(format!(
+                            "the model computed no tensor for output `{}`",
+                            spec.name
+                        ))
+                    }),
+                })
+                .collect()
+        })
+    }
+}
+
+export!(Runtime);

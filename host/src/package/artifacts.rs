@@ -1,0 +1,140 @@
+//! `netless build`: every segment of a plan as a self-contained component, assembled from the generic
+//! runtime and the segment's ONNX file without running a compiler per segment.
+//!
+//! Layout under the plan's folder: `components/runtime.wasm` (the generic runtime, shared),
+//! `components/seg-NN.data.wasm` (the segment's data component) and `components/seg-NN.wasm` (the two
+//! composed: the deployable artifact).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{compose, data_component};
+use crate::plan::Plan;
+use crate::{Error, Result, progress};
+
+/// The folder of components inside a plan's folder.
+pub const DIR: &str = "components";
+
+/// Path of the generic runtime inside a built plan folder.
+pub fn runtime_path(dir: &Path) -> PathBuf {
+    dir.join(DIR).join("runtime.wasm")
+}
+
+/// Path of segment `index`'s self-contained component.
+pub fn segment_path(dir: &Path, index: usize) -> PathBuf {
+    dir.join(DIR).join(format!("seg-{index:02}.wasm"))
+}
+
+/// Path of segment `index`'s data component.
+pub fn data_path(dir: &Path, index: usize) -> PathBuf {
+    dir.join(DIR).join(format!("seg-{index:02}.data.wasm"))
+}
+
+/// What building one segment produced.
+#[derive(Clone, Debug)]
+pub struct Built {
+    /// The segment's index.
+    pub index: usize,
+    /// Size of `seg-NN.wasm`.
+    pub component_bytes: u64,
+    /// Size of `seg-NN.data.wasm`.
+    pub data_bytes: u64,
+    /// Seconds to assemble it.
+    pub seconds: f64,
+}
+
+/// Builds every segment's component into `dir/components/`, all at once (staged, then renamed).
+pub fn build(dir: &Path, plan: &Plan, runtime: &[u8]) -> Result<Vec<Built>> {
+    validate("the segment runtime", runtime)?;
+    let staging = dir.join(format!(".{DIR}.partial-{}", std::process::id()));
+    let result = build_into(&staging, dir, plan, runtime);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    let built = result?;
+    let target = dir.join(DIR);
+    if target.exists() {
+        std::fs::remove_dir_all(&target).map_err(Error::io(&target))?;
+    }
+    std::fs::rename(&staging, &target).map_err(Error::io(&target))?;
+    Ok(built)
+}
+
+fn build_into(staging: &Path, dir: &Path, plan: &Plan, runtime: &[u8]) -> Result<Vec<Built>> {
+    std::fs::create_dir_all(staging).map_err(Error::io(staging))?;
+    let write = |path: PathBuf, bytes: &[u8]| std::fs::write(&path, bytes).map_err(Error::io(&path));
+    write(staging.join("runtime.wasm"), runtime)?;
+    let bar = progress::bytes(plan.segments.iter().map(|s| s.bytes).sum(), "building");
+    let mut built = Vec::new();
+    for seg in &plan.segments {
+        let started = Instant::now();
+        let blob = plan.read_segment(dir, seg.index)?;
+        let what = format!("segment {} ({})", seg.index, seg.file);
+        let data = data_component::build(&blob).map_err(|e| Error::Package { what: what.clone(), reason: e.to_string() })?;
+        let component = compose::segment(runtime, &data).map_err(|e| Error::Package { what: what.clone(), reason: e.to_string() })?;
+        validate(&what, &component)?;
+        write(staging.join(format!("seg-{:02}.data.wasm", seg.index)), &data)?;
+        write(staging.join(format!("seg-{:02}.wasm", seg.index)), &component)?;
+        built.push(Built {
+            index: seg.index,
+            component_bytes: component.len() as u64,
+            data_bytes: data.len() as u64,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        bar.inc(seg.bytes);
+    }
+    bar.finish_and_clear();
+    Ok(built)
+}
+
+/// Composes a built plan's segments into `dir/pipeline.wasm` with the pair combinator.
+pub fn compose_pipeline(dir: &Path, plan: &Plan, composer: &[u8]) -> Result<PathBuf> {
+    validate("the composer", composer)?;
+    let read = |path: PathBuf, what: String| {
+        std::fs::read(&path).map_err(|e| Error::Package { what, reason: format!("{}: {e} (run `netless build` first)", path.display()) })
+    };
+    let runtime = read(runtime_path(dir), "the segment runtime".into())?;
+    let datas = (0..plan.segments.len()).map(|i| read(data_path(dir, i), format!("segment {i}"))).collect::<Result<Vec<_>>>()?;
+    let pipeline = compose::pipeline(&runtime, composer, &datas).map_err(|e| Error::Package { what: "the pipeline".into(), reason: e.to_string() })?;
+    validate("the pipeline", &pipeline)?;
+    let wac = dir.join("pipeline.wac");
+    std::fs::write(&wac, wac_source(plan.segments.len())).map_err(Error::io(&wac))?;
+    let path = dir.join("pipeline.wasm");
+    let tmp = dir.join(format!(".pipeline.wasm.partial-{}", std::process::id()));
+    std::fs::write(&tmp, &pipeline).map_err(Error::io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
+    Ok(path)
+}
+
+/// The same composition in the WAC language, for `wac compose` (see docs/composition.md): package
+/// `netless:segment-runtime` is `components/runtime.wasm`, `netless:pair` the composer, and
+/// `netless:segment-data-N` is `components/seg-NN.data.wasm`.
+pub fn wac_source(count: usize) -> String {
+    let data = super::SEGMENT_DATA;
+    let infer = super::INFER_SEGMENT;
+    let mut wac = String::from("package netless:pipeline;\n\n");
+    for i in 0..count {
+        wac += &format!("let d{i} = new netless:segment-data-{i} {{}};\n");
+        wac += &format!("let s{i} = new netless:segment-runtime {{ \"{data}\": d{i}[\"{data}\"], ... }};\n");
+    }
+    let mut last = "s0".to_string();
+    for i in 1..count {
+        wac += &format!(
+            "let p{i} = new netless:pair {{ \"netless:inference/first@0.1.0\": {last}[\"{infer}\"], \"netless:inference/second@0.1.0\": s{i}[\"{infer}\"], ... }};\n"
+        );
+        last = format!("p{i}");
+    }
+    wac += &format!("\nexport {last}[\"{infer}\"];\n");
+    wac
+}
+
+/// Checks that `bytes` is a valid component (what `wasm-tools validate` checks).
+pub fn validate(what: &str, bytes: &[u8]) -> Result<()> {
+    if !wasmparser::Parser::is_component(bytes) {
+        return Err(Error::Package { what: what.into(), reason: "not a WebAssembly component".into() });
+    }
+    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+        .validate_all(bytes)
+        .map(|_| ())
+        .map_err(|e| Error::Package { what: what.into(), reason: format!("invalid component: {e}") })
+}

@@ -1,0 +1,277 @@
+//! The wasmtime host: compiles components once (cached on disk), instantiates segments with a
+//! memory budget, an epoch deadline per call and no WASI capabilities, and runs them.
+//!
+//! A segment is either the generic runtime plus the segment's blob ([`Engine::load_segment`]: the
+//! big runtime is compiled once for every segment, the small data component per blob, and the host
+//! links the two in one store) or a self-contained composed component ([`Engine::load_composed`]).
+
+mod bindings {
+    wasmtime::component::bindgen!({ world: "segment", path: "../wit" });
+}
+mod segment;
+mod tensor;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use segment::{Segment, SegmentError, SegmentStats};
+pub use tensor::{DType, SegmentInfo, Tensor, TensorSpec};
+
+use crate::package::data_component;
+use segment::{Parts, State};
+
+/// How often the epoch advances; deadlines are rounded up to whole ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Linear memories (and instances) the pooling allocator keeps slots for.
+const POOL_SLOTS: u32 = 128;
+
+/// What one segment instance may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Budget for all linear memories of the segment's store together (runtime and data).
+    pub memory_bytes: u64,
+    /// Wall-clock limit for one call into the segment (the first call also prepares the model).
+    pub deadline: Duration,
+}
+
+/// Why the engine could not be set up or a component not compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// wasmtime rejected the configuration.
+    #[error("configuring wasmtime: {0:#}")]
+    Config(wasmtime::Error),
+    /// The compiled-code cache could not be read or written.
+    #[error("compiled-code cache {path}: {source}")]
+    Cache {
+        /// The file or folder at fault.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The component did not compile or a cached file did not load.
+    #[error("compiling component {hash}: {source:#}")]
+    Compile {
+        /// Hash of the component, also its cache key.
+        hash: String,
+        /// wasmtime's error.
+        source: wasmtime::Error,
+    },
+}
+
+/// The generic segment runtime, compiled (or loaded from the cache) once for all segments.
+#[derive(Clone)]
+pub struct Runtime {
+    component: Component,
+}
+
+/// Advances the engine's epoch until the last engine or segment using it is dropped.
+pub(crate) struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    fn start(engine: wasmtime::Engine) -> Arc<Ticker> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        });
+        Arc::new(Ticker { stop })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A wasmtime engine configured for segments, with its compiled-code cache.
+pub struct Engine {
+    engine: wasmtime::Engine,
+    cache_dir: PathBuf,
+    ticker: Arc<Ticker>,
+    /// WASI (no capabilities) plus the `segment-data` import served from a data instance.
+    runtime_linker: Linker<State>,
+    /// WASI only, for self-contained components.
+    composed_linker: Linker<State>,
+    /// Nothing: data components import nothing.
+    data_linker: Linker<State>,
+}
+
+impl Engine {
+    /// An engine with the pooling allocator and epoch interruption, caching compiled code in
+    /// `cache_dir` (created if missing).
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Result<Engine, EngineError> {
+        let cache_dir = cache_dir.into();
+        std::fs::create_dir_all(&cache_dir).map_err(|source| EngineError::Cache {
+            path: cache_dir.clone(),
+            source,
+        })?;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_SLOTS)
+            .total_core_instances(POOL_SLOTS * 8)
+            .total_memories(POOL_SLOTS * 2)
+            .total_tables(POOL_SLOTS * 8)
+            .total_stacks(POOL_SLOTS)
+            .table_elements(1 << 18)
+            .max_component_instance_size(64 << 20)
+            .max_core_instances_per_component(4096)
+            .max_memories_per_component(1024)
+            .max_tables_per_component(4096);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .wasm_simd(true)
+            .wasm_relaxed_simd(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = wasmtime::Engine::new(&config).map_err(EngineError::Config)?;
+        let mut composed_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut composed_linker).map_err(EngineError::Config)?;
+        let mut runtime_linker = composed_linker.clone();
+        segment::link_segment_data(&mut runtime_linker).map_err(EngineError::Config)?;
+        Ok(Engine {
+            ticker: Ticker::start(engine.clone()),
+            data_linker: Linker::new(&engine),
+            engine,
+            cache_dir,
+            runtime_linker,
+            composed_linker,
+        })
+    }
+
+    /// Compiles a component, or loads its compiled code from the cache.
+    ///
+    /// The cache key is the SHA-256 of wasmtime's compatibility hash (version, target, settings)
+    /// and the component's bytes, so a changed engine or component never loads stale code.
+    pub fn component(&self, wasm: &[u8]) -> Result<Component, EngineError> {
+        let mut key = Sha256Hasher(Sha256::new());
+        self.engine.precompile_compatibility_hash().hash(&mut key);
+        key.0.update(wasm);
+        let hash = hex(&key.0.finalize());
+        let path = self.cache_dir.join(format!("{hash}.cwasm"));
+        let compile = |source| EngineError::Compile {
+            hash: hash.clone(),
+            source,
+        };
+        if !path.exists() {
+            let code = self.engine.precompile_component(wasm).map_err(compile)?;
+            write_atomically(&path, &code)?;
+        }
+        // SAFETY: the file was written by `precompile_component` of an engine with the same
+        // compatibility hash (it is in the file name), into a cache folder this process owns.
+        unsafe { Component::deserialize_file(&self.engine, &path) }.map_err(compile)
+    }
+
+    /// Loads the generic runtime component (`netless-segment`, world `segment-runtime`).
+    pub fn load_runtime(&self, wasm: &[u8]) -> Result<Runtime, EngineError> {
+        Ok(Runtime {
+            component: self.component(wasm)?,
+        })
+    }
+
+    /// A segment running `blob` (an ONNX model with `netless.*` metadata) in the generic runtime.
+    ///
+    /// Builds the blob's data component, instantiates both, and prepares the model (the first call
+    /// into the guest), so the returned segment answers its first request at full speed.
+    pub fn load_segment(
+        &self,
+        runtime: &Runtime,
+        blob: &[u8],
+        limits: Limits,
+    ) -> Result<Segment, SegmentError> {
+        let label = format!("(blob of {} bytes)", blob.len());
+        let data = data_component::build(blob).map_err(|e| SegmentError::Load {
+            segment: label.clone(),
+            message: e.to_string(),
+        })?;
+        let data = self.component(&data).map_err(|e| SegmentError::Load {
+            segment: label.clone(),
+            message: e.to_string(),
+        })?;
+        let pre = |linker: &Linker<State>, component: &Component| {
+            linker
+                .instantiate_pre(component)
+                .map_err(|e| SegmentError::Load {
+                    segment: label.clone(),
+                    message: format!("{e:#}"),
+                })
+        };
+        let parts = Parts::Linked {
+            runtime: pre(&self.runtime_linker, &runtime.component)?,
+            data: pre(&self.data_linker, &data)?,
+        };
+        Segment::start(
+            self.engine.clone(),
+            self.ticker.clone(),
+            parts,
+            limits,
+            label,
+        )
+    }
+
+    /// A segment from a self-contained component exporting `infer-segment`.
+    pub fn load_composed(&self, wasm: &[u8], limits: Limits) -> Result<Segment, SegmentError> {
+        let label = format!("(component of {} bytes)", wasm.len());
+        let component = self.component(wasm).map_err(|e| SegmentError::Load {
+            segment: label.clone(),
+            message: e.to_string(),
+        })?;
+        let pre = self
+            .composed_linker
+            .instantiate_pre(&component)
+            .map_err(|e| SegmentError::Load {
+                segment: label.clone(),
+                message: format!("{e:#}"),
+            })?;
+        Segment::start(
+            self.engine.clone(),
+            self.ticker.clone(),
+            Parts::Composed(pre),
+            limits,
+            label,
+        )
+    }
+}
+
+/// Feeds `Hash` output into SHA-256, for a cache key stable across processes.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        let mut first = [0; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(first)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `path` through a temporary file and a rename, so a reader never sees half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let cache = |source| EngineError::Cache {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(&tmp, bytes).map_err(cache)?;
+    std::fs::rename(&tmp, path).map_err(cache)
+}
