@@ -7,6 +7,6 @@ bash scripts/setup.sh
 source scripts/env.sh
 
 bash scripts/build-components.sh
-cargo build --locked -p netless
-cargo test --locked --workspace
+# builds target/debug/netless too (the integration tests run it), which the Python checks then use
+cargo test --locked -p netless
 python3 -m pytest -q tests/python

@@ -197,3 +197,47 @@ fn a_tampered_segment_is_refused_by_verify() {
     let err = failure(&netless(&["verify", out.to_str().unwrap()]));
     assert!(err.contains("seg-01.onnx") && err.contains("sha256"), "{err}");
 }
+
+/// Weights in an external data file (`.onnx.data`) are read and inlined into the segments; a location
+/// outside the model's folder or past the end of the file is refused by name.
+#[test]
+fn external_data_is_inlined_and_checked() {
+    use netless::onnx::pb::StringStringEntryProto;
+    let dir = tempfile::tempdir().unwrap();
+    let mut graph = small_chain();
+    let w = graph.initializer.remove(0);
+    let bytes: Vec<u8> = w.float_data.iter().flat_map(|f| f.to_le_bytes()).collect();
+    std::fs::write(dir.path().join("chain.onnx.data"), [vec![0u8; 16], bytes.clone()].concat()).unwrap();
+    let entry = |k: &str, v: &str| StringStringEntryProto { key: k.into(), value: v.into() };
+    let external = |location: &str, offset: usize| netless::onnx::pb::TensorProto {
+        name: "w".into(),
+        dims: w.dims.clone(),
+        data_type: 1,
+        data_location: Some(1),
+        external_data: vec![entry("location", location), entry("offset", &offset.to_string()), entry("length", &bytes.len().to_string())],
+        ..Default::default()
+    };
+    graph.initializer.push(external("chain.onnx.data", 16));
+    let path = save(dir.path(), "chain.onnx", &model(graph.clone()));
+    let out = dir.path().join("out");
+    let ok = split(&path, &out, &["--max-memory", "64MiB", "--segments", "2"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    std::fs::remove_file(dir.path().join("chain.onnx.data")).unwrap();
+    let verified = netless(&["verify", out.to_str().unwrap(), "--model", path.to_str().unwrap()]);
+    // the source needs its data file again for the unsplit reference, but the segments do not
+    assert!(!verified.status.success());
+    let plan = netless::plan::Plan::load(&out).unwrap();
+    let holder = plan.segments.iter().find(|s| s.weight_bytes > 0).unwrap();
+    let seg = std::fs::read(out.join(&holder.file)).unwrap();
+    assert!(seg.windows(bytes.len()).any(|w| w == bytes.as_slice()), "the weights are inside the segment file");
+
+    std::fs::write(dir.path().join("chain.onnx.data"), &bytes).unwrap();
+    graph.initializer[0] = external("../../etc/passwd", 0);
+    let path = save(dir.path(), "escape.onnx", &model(graph.clone()));
+    let err = failure(&split(&path, &dir.path().join("out2"), &["--max-memory", "64MiB"]));
+    assert!(err.contains("tensor `w`") && err.contains("leaves the model's folder"), "{err}");
+    graph.initializer[0] = external("chain.onnx.data", 100);
+    let path = save(dir.path(), "short.onnx", &model(graph));
+    let err = failure(&split(&path, &dir.path().join("out3"), &["--max-memory", "64MiB"]));
+    assert!(err.contains("tensor `w`") && err.contains("past the end"), "{err}");
+}
