@@ -112,6 +112,25 @@ enum Command {
         #[arg(long, default_value_t = 60_000)]
         deadline_ms: u64,
     },
+    /// Measure a model side by side: onnxruntime, native tract, and the wasm runtime unsplit and in K segments.
+    Bench {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Segment counts to measure (K=1, the wasm runtime unsplit, is always included).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        segments: Vec<usize>,
+        /// Memory limit of one segment given to the partitioner.
+        #[arg(long, value_parser = parse_size, default_value = "4GiB")]
+        max_memory: u64,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        /// Timed inferences per configuration, after one warm-up.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        runs: u64,
+        /// Output folder (default: bench-out/<model stem>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -289,6 +308,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { dir, inputs, output_dir, composed, deadline_ms } => run_pipeline(&dir, &inputs, output_dir.as_deref(), composed, deadline_ms),
+        Command::Bench { model, segments, max_memory, shapes, runs, out } => {
+            let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+            let options = netless::bench::BenchOptions {
+                out: out.unwrap_or_else(|| Path::new("bench-out").join(stem)),
+                model,
+                segments,
+                max_memory,
+                input_shapes: shapes.input_shapes,
+                runs: runs as usize,
+                runtime_wasm: component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"),
+                composer_wasm: component_path("NETLESS_COMPOSER_WASM", "netless_composer.wasm"),
+                python: "python3".into(),
+                deadline: Duration::from_secs(600),
+            };
+            let report = netless::bench::run(&options, &mut |line| eprintln!("bench: {line}"))?;
+            report.write(&options.out)?;
+            println!("{}", report.to_markdown());
+            println!("wrote report.md, report.json and chart.svg to {}", options.out.display());
+            let failures = report.failures();
+            if !failures.is_empty() {
+                bail!("{} problem(s) in the wasm runtime: {}", failures.len(), failures.join("; "));
+            }
+            Ok(())
+        }
         Command::Verify { dir, inputs, tolerance, model } => {
             let report = verify::verify(&dir, &VerifyOptions { inputs, tolerance, model })?;
             println!("{:<32} {:>6} {:>12} {:>12}  result", "output", "type", "max |diff|", "rel. error");

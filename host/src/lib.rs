@@ -7,6 +7,7 @@
 //! checks segments against the unsplit model in native tract.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod calibrate;
 pub mod emit;
 pub mod error;
