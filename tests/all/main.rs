@@ -8,3 +8,4 @@ mod partition_dp;
 mod pipeline;
 mod runtime;
 mod split_models;
+mod wac_text;

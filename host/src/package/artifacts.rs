@@ -108,13 +108,13 @@ pub fn compose_pipeline(dir: &Path, plan: &Plan, composer: &[u8]) -> Result<Path
 
 /// The same composition in the WAC language, for `wac compose` (see docs/composition.md): package
 /// `netless:segment-runtime` is `components/runtime.wasm`, `netless:pair` the composer, and
-/// `netless:segment-data-N` is `components/seg-NN.data.wasm`.
+/// `netless:segN-data` is `components/seg-NN.data.wasm`.
 pub fn wac_source(count: usize) -> String {
     let data = super::SEGMENT_DATA;
     let infer = super::INFER_SEGMENT;
     let mut wac = String::from("package netless:pipeline;\n\n");
     for i in 0..count {
-        wac += &format!("let d{i} = new netless:segment-data-{i} {{}};\n");
+        wac += &format!("let d{i} = new netless:seg{i}-data {{}};\n");
         wac += &format!("let s{i} = new netless:segment-runtime {{ \"{data}\": d{i}[\"{data}\"], ... }};\n");
     }
     let mut last = "s0".to_string();

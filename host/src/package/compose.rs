@@ -76,7 +76,7 @@ pub fn pipeline(runtime: &[u8], composer: &[u8], datas: &[Vec<u8>]) -> Result<Ve
     let composer = graph.register_package(composer).map_err(step("registering the composer"))?;
     let mut current = None;
     for (index, data) in datas.iter().enumerate() {
-        let package = Package::from_bytes(&format!("netless:segment-data-{index}"), None, data.clone(), graph.types_mut())
+        let package = Package::from_bytes(&format!("netless:seg{index}-data"), None, data.clone(), graph.types_mut())
             .map_err(step("reading a data component"))?;
         let package = graph.register_package(package).map_err(step("registering a data component"))?;
         let data = graph.instantiate(package);
