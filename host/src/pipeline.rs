@@ -31,7 +31,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Loads the built plan in `dir`; each segment gets its planned memory budget (the composed pipeline:
+    /// Loads the built plan in `dir` (its prebuilt data components, so nothing is rebuilt at start); each segment gets its planned memory budget (the composed pipeline:
     /// their sum) and `deadline` per call.
     pub fn load(engine: &Engine, dir: &Path, mode: Mode, deadline: Duration) -> Result<Pipeline> {
         let plan = Plan::load(dir)?;
@@ -46,9 +46,10 @@ impl Pipeline {
                 plan.segments
                     .iter()
                     .map(|seg| {
-                        let blob = plan.read_segment(dir, seg.index)?;
+                        let data_path = artifacts::data_path(dir, seg.index);
+                        let data = std::fs::read(&data_path).map_err(Error::io(&data_path))?;
                         let limits = Limits { memory_bytes: seg.estimated_memory, deadline };
-                        engine.load_segment(&runtime, &blob, limits).map_err(|cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause })
+                        engine.load_segment_data(&runtime, &data, limits).map_err(|cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause })
                     })
                     .collect::<Result<Vec<_>>>()?
             }

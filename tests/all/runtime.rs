@@ -257,10 +257,7 @@ fn memory_limit_is_too_large_naming_segment_and_a_fresh_instance_recovers() {
     };
     match engine.load_segment(runtime, &blob, tiny) {
         Err(SegmentError::TooLarge { segment, message }) => {
-            assert!(
-                segment.contains(&format!("{} bytes", blob.len())),
-                "{segment}"
-            );
+            assert!(segment.contains("data component of"), "{segment}");
             assert!(
                 message.contains(&format!("limit of {} bytes", 4 << 20)),
                 "{message}"

@@ -183,20 +183,32 @@ impl Engine {
 
     /// A segment running `blob` (an ONNX model with `netless.*` metadata) in the generic runtime.
     ///
-    /// Builds the blob's data component, instantiates both, and prepares the model (the first call
-    /// into the guest), so the returned segment answers its first request at full speed.
+    /// Builds the blob's data component, then loads it as [`Engine::load_segment_data`] does.
     pub fn load_segment(
         &self,
         runtime: &Runtime,
         blob: &[u8],
         limits: Limits,
     ) -> Result<Segment, SegmentError> {
-        let label = format!("(blob of {} bytes)", blob.len());
         let data = data_component::build(blob).map_err(|e| SegmentError::Load {
-            segment: label.clone(),
+            segment: format!("(blob of {} bytes)", blob.len()),
             message: e.to_string(),
         })?;
-        let data = self.component(&data).map_err(|e| SegmentError::Load {
+        self.load_segment_data(runtime, &data, limits)
+    }
+
+    /// A segment from the generic runtime and a prebuilt data component (`seg-NN.data.wasm`).
+    ///
+    /// Instantiates both in one store and prepares the model (the first call into the guest), so
+    /// the returned segment answers its first request at full speed.
+    pub fn load_segment_data(
+        &self,
+        runtime: &Runtime,
+        data: &[u8],
+        limits: Limits,
+    ) -> Result<Segment, SegmentError> {
+        let label = format!("(data component of {} bytes)", data.len());
+        let data = self.component(data).map_err(|e| SegmentError::Load {
             segment: label.clone(),
             message: e.to_string(),
         })?;
