@@ -112,6 +112,9 @@ enum Command {
         #[arg(long, default_value_t = 60_000)]
         deadline_ms: u64,
     },
+    /// Serve a model over the Open Inference Protocol v2 (KServe / Triton REST), each segment as a
+    /// serverless function; splits and builds first when given a model.
+    Up(UpArgs),
     /// Measure a model side by side: onnxruntime, native tract, and the wasm runtime unsplit and in K segments.
     Bench {
         /// The ONNX model.
@@ -131,6 +134,52 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// An ONNX model (split and built into ~/.cache/netless/builds, reused while the model and
+    /// options are unchanged) or a split's folder (built first if needed).
+    target: PathBuf,
+    /// Memory limit of one segment, for splitting a model (e.g. 64MiB).
+    #[arg(long, value_parser = parse_size)]
+    max_memory: Option<u64>,
+    /// Exactly this many segments, for splitting a model.
+    #[arg(long)]
+    segments: Option<usize>,
+    /// What the split optimises.
+    #[arg(long, value_enum, default_value_t = Objective::Latency)]
+    objective: Objective,
+    #[command(flatten)]
+    shapes: ShapeArgs,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// The pipeline's model name (default: the model's file stem); segments are NAME-seg-I.
+    #[arg(long)]
+    name: Option<String>,
+    /// Instances of one segment that may run at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    max_instances: u64,
+    /// Requests that may wait for an instance of one segment; more get 503.
+    #[arg(long, default_value_t = 64)]
+    queue_size: usize,
+    /// An instance idle this long is reclaimed (scale to zero), e.g. 60s, 500ms.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    idle_timeout: Duration,
+    /// Time one request may take end to end, queues included; past it, 504.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    deadline: Duration,
+    /// Largest request body accepted; larger ones get 413.
+    #[arg(long, value_parser = parse_size, default_value = "64MiB")]
+    max_body_size: u64,
+    /// Hold an instance of every stage for a request's whole run instead of pipelining requests
+    /// through the stages (for comparison).
+    #[arg(long)]
+    no_pipelining: bool,
+    /// The generic segment runtime component, for building.
+    #[arg(long)]
+    runtime: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -308,6 +357,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { dir, inputs, output_dir, composed, deadline_ms } => run_pipeline(&dir, &inputs, output_dir.as_deref(), composed, deadline_ms),
+        Command::Up(args) => up(args),
         Command::Bench { model, segments, max_memory, shapes, runs, out } => {
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
             let options = netless::bench::BenchOptions {
@@ -365,8 +415,13 @@ fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("NETLESS_CACHE") {
         return PathBuf::from(dir);
     }
+    cache_root().join("compiled")
+}
+
+/// NetLess's cache folder: ~/.cache/netless.
+fn cache_root() -> PathBuf {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    home.join(".cache/netless/compiled")
+    home.join(".cache/netless")
 }
 
 fn run_pipeline(dir: &Path, given: &[(String, PathBuf)], output_dir: Option<&Path>, composed: bool, deadline_ms: u64) -> anyhow::Result<()> {
@@ -412,6 +467,56 @@ fn run_pipeline(dir: &Path, given: &[(String, PathBuf)], output_dir: Option<&Pat
     }
     println!("loaded in {:.1} ms, inference {:.1} ms ({} in wasmtime)", loaded.as_secs_f64() * 1e3, ran.as_secs_f64() * 1e3, if composed { "composed" } else { "segment by segment" });
     Ok(())
+}
+
+fn up(args: UpArgs) -> anyhow::Result<()> {
+    use netless::serve::{Scaling, ServeOptions, Service, prepare};
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NETLESS_LOG").unwrap_or_else(|_| "netless=info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let path = args.runtime.clone().unwrap_or_else(|| component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"));
+    let runtime = || std::fs::read(&path).with_context(|| format!("reading the segment runtime {} (build it with scripts/build-components.sh)", path.display()));
+    let prepared = if args.target.is_dir() {
+        if prepare::is_built(&args.target) { prepare::Prepared { dir: args.target.clone(), cached: true } } else { prepare::built_folder(&args.target, &runtime()?)? }
+    } else {
+        let Some(max_memory) = args.max_memory else { bail!("--max-memory is needed to split {} (or give a split's folder)", args.target.display()) };
+        let options = SplitOptions {
+            request: Request { max_memory, segments: args.segments, objective: args.objective, max_segments: 16 },
+            input_shapes: args.shapes.input_shapes.clone(),
+            memory: MemoryModel::default(),
+            cost: CostArgs { hop_ms: 2.0, bandwidth_mbps: 500.0, gflops: 10.0 }.model(),
+        };
+        prepare::model(&args.target, &options, &runtime()?, &cache_root().join("builds"))?
+    };
+    let verb = if prepared.cached { "using" } else { "built" };
+    eprintln!("{verb} {}", prepared.dir.display());
+    let options = ServeOptions {
+        name: args.name,
+        scaling: Scaling { max_instances: args.max_instances as usize, queue_size: args.queue_size, idle_timeout: args.idle_timeout },
+        deadline: args.deadline,
+        max_body: args.max_body_size,
+        pipelining: !args.no_pipelining,
+    };
+    let engine = Engine::new(cache_dir())?;
+    let service = Service::load(&engine, &prepared.dir, options)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let listener = tokio.block_on(tokio::net::TcpListener::bind(args.listen)).with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let names: Vec<&str> = service.models().iter().map(|m| m.name.as_str()).collect();
+    println!("serving {} ({} segments) on http://{addr}: models {}", service.name(), service.functions().len(), names.join(", "));
+    println!("try: curl http://{addr}/v2/models/{}", service.name());
+    std::io::Write::flush(&mut std::io::stdout())?;
+    tokio.block_on(netless::serve::serve(std::sync::Arc::new(service), listener, shutdown_signal()))?;
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 fn inspect(path: &PathBuf, shapes: &ShapeArgs, costs: &CostArgs) -> anyhow::Result<()> {

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod runtime;
+pub mod serve;
 pub mod split;
 pub mod verify;
 

@@ -7,5 +7,6 @@ mod onnx_builder;
 mod partition_dp;
 mod pipeline;
 mod runtime;
+mod serve;
 mod split_models;
 mod wac_text;

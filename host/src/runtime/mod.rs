@@ -207,6 +207,17 @@ impl Engine {
         data: &[u8],
         limits: Limits,
     ) -> Result<Segment, SegmentError> {
+        self.segment_factory(runtime, data, limits)?.start()
+    }
+
+    /// Compiles (or loads from the cache) and links a segment once, so that any number of its
+    /// instances can then be started without touching the disk or the compiler.
+    pub fn segment_factory(
+        &self,
+        runtime: &Runtime,
+        data: &[u8],
+        limits: Limits,
+    ) -> Result<SegmentFactory, SegmentError> {
         let label = format!("(data component of {} bytes)", data.len());
         let data = self.component(data).map_err(|e| SegmentError::Load {
             segment: label.clone(),
@@ -224,13 +235,13 @@ impl Engine {
             runtime: pre(&self.runtime_linker, &runtime.component)?,
             data: pre(&self.data_linker, &data)?,
         };
-        Segment::start(
-            self.engine.clone(),
-            self.ticker.clone(),
+        Ok(SegmentFactory {
+            engine: self.engine.clone(),
+            ticker: self.ticker.clone(),
             parts,
             limits,
             label,
-        )
+        })
     }
 
     /// A segment from a self-contained component exporting `infer-segment`.
@@ -254,6 +265,35 @@ impl Engine {
             limits,
             label,
         )
+    }
+}
+
+/// A compiled and linked segment from which instances start cheaply (a cold start is an
+/// instantiation plus the guest's model preparation).
+#[derive(Clone)]
+pub struct SegmentFactory {
+    engine: wasmtime::Engine,
+    ticker: Arc<Ticker>,
+    parts: Parts,
+    limits: Limits,
+    label: String,
+}
+
+impl SegmentFactory {
+    /// Starts a new instance and prepares its model, as [`Engine::load_segment_data`] does.
+    pub fn start(&self) -> Result<Segment, SegmentError> {
+        Segment::start(
+            self.engine.clone(),
+            self.ticker.clone(),
+            self.parts.clone(),
+            self.limits,
+            self.label.clone(),
+        )
+    }
+
+    /// The limits every instance gets.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 }
 

@@ -73,6 +73,7 @@ pub enum SegmentError {
 }
 
 /// How a segment's instance is put together.
+#[derive(Clone)]
 pub(crate) enum Parts {
     /// The generic runtime and a data component, instantiated side by side and linked by the host.
     Linked {
@@ -250,6 +251,18 @@ impl Segment {
             Ok(outputs) => Ok(outputs.into_iter().map(Into::into).collect()),
             Err(e) => Err(self.guest_error(e)),
         }
+    }
+
+    /// Whether the segment holds a live instance (it has none after a trap, a deadline or a memory
+    /// refusal until the next call starts one).
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// Sets the deadline of the next calls (a server gives each call what is left of its
+    /// request's deadline).
+    pub fn set_deadline(&mut self, deadline: Duration) {
+        self.limits.deadline = deadline;
     }
 
     /// The largest total linear memory any instance of this segment has reached, in bytes.

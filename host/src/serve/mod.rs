@@ -1,0 +1,376 @@
+//! `netless up`: a built plan served over the Open Inference Protocol v2 (KServe / Triton REST).
+//!
+//! The whole pipeline is model `{m}` and each segment is also model `{m}-seg-{i}`. Each segment
+//! runs as a serverless [`Function`]: instances on demand, pooled, reclaimed when idle, a bounded
+//! queue. A request walks the stages and holds one stage's instance at a time, so concurrent
+//! requests are pipelined: stage 2 works on one while stage 1 works on the next.
+
+mod error;
+mod function;
+mod http;
+pub mod metrics;
+pub mod oip;
+pub mod prepare;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub use error::ServeError;
+pub use function::{Function, Scaling};
+use metrics::Metrics;
+use oip::InferRequest;
+
+use crate::package::artifacts;
+use crate::pipeline::wire_type;
+use crate::plan::Plan;
+use crate::plan::file::TensorSpec;
+use crate::runtime::{Engine, Limits, Tensor};
+use crate::{Error, Result};
+
+/// How the service runs its functions.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The pipeline's model name (default: the plan's model name).
+    pub name: Option<String>,
+    /// Scaling of every segment function.
+    pub scaling: Scaling,
+    /// Time a request may take end to end, queues included.
+    pub deadline: Duration,
+    /// Largest request body accepted, in bytes.
+    pub max_body: u64,
+    /// Pipeline concurrent requests through the stages (otherwise a request holds an instance
+    /// of every stage from start to end).
+    pub pipelining: bool,
+}
+
+/// A model the service answers to: the pipeline or one segment.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// Its name in URLs.
+    pub name: String,
+    /// The stages it runs.
+    pub stages: Range<usize>,
+    /// Its inputs.
+    pub inputs: Vec<TensorSpec>,
+    /// Its outputs.
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// A built plan ready to serve: its functions, models and metrics.
+pub struct Service {
+    plan: Plan,
+    models: Vec<Served>,
+    functions: Vec<Arc<Function>>,
+    metrics: Arc<Metrics>,
+    options: ServeOptions,
+    ready: AtomicBool,
+    next_id: AtomicU64,
+}
+
+impl Service {
+    /// Loads the built plan in `dir`: compiles (or loads from the cache) the runtime and every
+    /// segment's data component. No instance starts until a request needs one.
+    pub fn load(engine: &Engine, dir: &Path, options: ServeOptions) -> Result<Service> {
+        let plan = Plan::load(dir)?;
+        let path = artifacts::runtime_path(dir);
+        let wasm = std::fs::read(&path).map_err(|e| Error::Package {
+            what: "the segment runtime".into(),
+            reason: format!("{}: {e} (run `netless build` first)", path.display()),
+        })?;
+        let runtime = engine.load_runtime(&wasm)?;
+        let name = options.name.clone().unwrap_or_else(|| model_name(&plan.model.name));
+        let metrics = Arc::new(Metrics::new());
+        metrics.add_model(&name);
+        let mut models = vec![Served {
+            name: name.clone(),
+            stages: 0..plan.segments.len(),
+            inputs: plan.model.inputs.clone(),
+            outputs: plan.model.outputs.clone(),
+        }];
+        let mut functions = Vec::new();
+        for seg in &plan.segments {
+            let data_path = artifacts::data_path(dir, seg.index);
+            let data = std::fs::read(&data_path).map_err(Error::io(&data_path))?;
+            let limits = Limits { memory_bytes: seg.estimated_memory, deadline: options.deadline };
+            let factory = engine
+                .segment_factory(&runtime, &data, limits)
+                .map_err(|cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause })?;
+            let function_name = format!("{name}-seg-{}", seg.index);
+            models.push(Served {
+                name: function_name.clone(),
+                stages: seg.index..seg.index + 1,
+                inputs: seg.inputs.clone(),
+                outputs: seg.outputs.clone(),
+            });
+            functions.push(Arc::new(Function::new(function_name, factory, options.scaling, metrics.clone())));
+        }
+        Ok(Service { plan, models, functions, metrics, options, ready: AtomicBool::new(true), next_id: AtomicU64::new(1) })
+    }
+
+    /// The served pipeline's model name.
+    pub fn name(&self) -> &str {
+        &self.models[0].name
+    }
+
+    /// The plan being served.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The models served: the pipeline first, then each segment.
+    pub fn models(&self) -> &[Served] {
+        &self.models
+    }
+
+    /// The segment functions, in pipeline order.
+    pub fn functions(&self) -> &[Arc<Function>] {
+        &self.functions
+    }
+
+    /// The metrics, in the Prometheus text format.
+    pub fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+
+    /// The options the service runs with.
+    pub fn options(&self) -> &ServeOptions {
+        &self.options
+    }
+
+    /// Whether the service accepts requests (false once shutting down).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Stops reporting ready, for a graceful shutdown.
+    pub fn drain(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// The model called `name`.
+    pub fn model(&self, name: &str) -> Option<&Served> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    /// Runs an inference request on `model`; returns the outputs to send, each with whether it
+    /// goes as binary data, and records the request in the metrics.
+    pub async fn infer(&self, model: &Served, request: InferRequest) -> Result<Vec<(Tensor, bool)>, ServeError> {
+        let started = Instant::now();
+        let result = self.run(model, request, started + self.options.deadline).await;
+        // A segment model's function records its own calls; the rest are recorded here.
+        let by_function = matches!(result, Err(ServeError::Overloaded { .. } | ServeError::Deadline { .. } | ServeError::Segment { .. } | ServeError::ShuttingDown));
+        if model.stages.len() > 1 || model.name == self.name() || (result.is_err() && !by_function) {
+            self.metrics.request(&model.name, result.is_ok(), started.elapsed());
+        }
+        result
+    }
+
+    /// A request id for requests that bring none.
+    pub fn next_request_id(&self) -> String {
+        format!("netless-{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    async fn run(&self, model: &Served, request: InferRequest, deadline: Instant) -> Result<Vec<(Tensor, bool)>, ServeError> {
+        let wanted = requested_outputs(model, &request)?;
+        let mut env = check_inputs(model, request.inputs)?;
+        let stages = model.stages.clone();
+        if self.options.pipelining {
+            for index in stages {
+                let slot = self.functions[index].reserve(deadline).await?;
+                self.call(index, slot, &mut env, deadline).await?;
+            }
+        } else {
+            let mut slots = Vec::with_capacity(stages.len());
+            for index in stages.clone() {
+                slots.push(self.functions[index].reserve(deadline).await?);
+            }
+            for (index, slot) in stages.zip(slots) {
+                self.call(index, slot, &mut env, deadline).await?;
+            }
+        }
+        wanted
+            .into_iter()
+            .map(|(name, binary)| {
+                let tensor = env.remove(&name).ok_or_else(|| ServeError::Internal(format!("no segment returned output `{name}`")))?;
+                Ok((tensor, binary))
+            })
+            .collect()
+    }
+
+    /// Runs stage `index` on the tensors it takes from `env`, adding its outputs to `env`.
+    async fn call(&self, index: usize, slot: function::Slot, env: &mut HashMap<String, Tensor>, deadline: Instant) -> Result<(), ServeError> {
+        let inputs = self.plan.segments[index].inputs.iter().filter_map(|s| env.get(&s.name).cloned()).collect();
+        let outputs = self.functions[index].call(slot, inputs, deadline).await?;
+        tracing::debug!(function = self.functions[index].name(), "stage done");
+        env.extend(outputs.into_iter().map(|t| (t.name.clone(), t)));
+        Ok(())
+    }
+}
+
+/// The outputs to return and whether each goes as binary data; an unknown name is a bad request.
+fn requested_outputs(model: &Served, request: &InferRequest) -> Result<Vec<(String, bool)>, ServeError> {
+    let Some(requested) = &request.outputs else {
+        return Ok(model.outputs.iter().map(|o| (o.name.clone(), request.binary_output)).collect());
+    };
+    requested
+        .iter()
+        .map(|r| match model.outputs.iter().any(|o| o.name == r.name) {
+            true => Ok((r.name.clone(), r.binary.unwrap_or(request.binary_output))),
+            false => Err(ServeError::BadRequest(format!(
+                "unknown output `{}`; model `{}` has outputs {}",
+                r.name,
+                model.name,
+                names(&model.outputs)
+            ))),
+        })
+        .collect()
+}
+
+/// Checks the inputs against the model's: every one given once, with its datatype and shape.
+fn check_inputs(model: &Served, inputs: Vec<Tensor>) -> Result<HashMap<String, Tensor>, ServeError> {
+    let mut env = HashMap::new();
+    for tensor in inputs {
+        let Some(spec) = model.inputs.iter().find(|s| s.name == tensor.name) else {
+            return Err(ServeError::BadRequest(format!(
+                "unknown input `{}`; model `{}` takes {}",
+                tensor.name,
+                model.name,
+                names(&model.inputs)
+            )));
+        };
+        let want = wire_type(spec.dtype).map_or("BYTES", oip::datatype);
+        if oip::datatype(tensor.dtype) != want {
+            return Err(ServeError::BadRequest(format!(
+                "input `{}`: datatype {}, but model `{}` takes {want}",
+                tensor.name,
+                oip::datatype(tensor.dtype),
+                model.name
+            )));
+        }
+        if tensor.shape != spec.shape {
+            return Err(ServeError::BadRequest(format!(
+                "input `{}`: shape {:?}, but model `{}` takes {:?}",
+                tensor.name, tensor.shape, model.name, spec.shape
+            )));
+        }
+        if env.insert(tensor.name.clone(), tensor).is_some() {
+            return Err(ServeError::BadRequest(format!("input `{}` is given twice", spec.name)));
+        }
+    }
+    if let Some(missing) = model.inputs.iter().find(|s| !env.contains_key(&s.name)) {
+        return Err(ServeError::BadRequest(format!(
+            "missing input `{}` ({} {:?}) of model `{}`",
+            missing.name,
+            wire_type(missing.dtype).map_or("BYTES", oip::datatype),
+            missing.shape,
+            model.name
+        )));
+    }
+    Ok(env)
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
+}
+
+/// A model name usable in URLs: letters, digits, `-`, `_` and `.`; anything else becomes `_`.
+pub fn model_name(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .collect();
+    if clean.is_empty() { "model".into() } else { clean }
+}
+
+/// A server running on its own thread and runtime, for tests, benchmarks and embedding.
+pub struct Handle {
+    addr: SocketAddr,
+    service: Arc<Service>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Handle {
+    /// Binds `listen` and serves `service` until [`Handle::stop`] (or drop).
+    pub fn start(service: Service, listen: SocketAddr) -> std::io::Result<Handle> {
+        let service = Arc::new(service);
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = service.clone();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(serve(served, listener, async {
+                let _ = stopped.await;
+            }))
+        });
+        Ok(Handle { addr, service, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL, `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The service.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// Stops accepting, finishes what is in flight, and returns.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the server thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then finishes the requests in
+/// flight. Idle instances are reclaimed in the background.
+pub async fn serve(service: Arc<Service>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let reaper = tokio::spawn(reclaim_idle(service.clone()));
+    let drained = service.clone();
+    let result = axum::serve(listener, http::router(service.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            drained.drain();
+            tracing::info!("shutting down: no new connections; finishing requests in flight");
+        })
+        .await;
+    reaper.abort();
+    result
+}
+
+async fn reclaim_idle(service: Arc<Service>) {
+    let period = (service.options.scaling.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let service = service.clone();
+        let _ = tokio::task::spawn_blocking(move || service.functions.iter().map(|f| f.reclaim()).sum::<usize>()).await;
+    }
+}

@@ -1,0 +1,375 @@
+//! The Open Inference Protocol v2 REST wire format (KServe / Triton): inference requests and
+//! responses as JSON tensors or with the binary tensor data extension.
+//!
+//! A binary request or response is a JSON header followed by raw tensor bytes; the header's length
+//! is in the `Inference-Header-Content-Length` HTTP header, and each binary tensor says its size in
+//! its `binary_data_size` parameter, in the order the tensors appear in the JSON.
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::runtime::{DType, Tensor};
+
+/// The HTTP header giving the length of the JSON part of a binary request or response.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// A decoded inference request.
+#[derive(Debug)]
+pub struct InferRequest {
+    /// The request's `id`, returned in the response.
+    pub id: Option<String>,
+    /// The input tensors, in request order.
+    pub inputs: Vec<Tensor>,
+    /// The outputs asked for, if the request names them (otherwise all of them).
+    pub outputs: Option<Vec<RequestedOutput>>,
+    /// The request-level `binary_data_output` parameter: send every output as binary data.
+    pub binary_output: bool,
+}
+
+/// One output named in the request.
+#[derive(Debug)]
+pub struct RequestedOutput {
+    /// The output's name.
+    pub name: String,
+    /// Whether it is wanted as binary data (its `binary_data` parameter).
+    pub binary: Option<bool>,
+}
+
+/// An encoded response body, and the JSON header's length when binary tensors follow it.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The whole body.
+    pub body: Vec<u8>,
+    /// The JSON part's length, for `Inference-Header-Content-Length`, if binary data follows.
+    pub header_length: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct RequestJson {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<InputJson>,
+    #[serde(default)]
+    outputs: Option<Vec<OutputJson>>,
+}
+
+#[derive(Deserialize)]
+struct InputJson {
+    name: String,
+    shape: Vec<u64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct OutputJson {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// The OIP name of a tensor type.
+pub fn datatype(dtype: DType) -> &'static str {
+    match dtype {
+        DType::Boolean => "BOOL",
+        DType::U8 => "UINT8",
+        DType::U16 => "UINT16",
+        DType::U32 => "UINT32",
+        DType::U64 => "UINT64",
+        DType::I8 => "INT8",
+        DType::I16 => "INT16",
+        DType::I32 => "INT32",
+        DType::I64 => "INT64",
+        DType::F16 => "FP16",
+        DType::F32 => "FP32",
+        DType::F64 => "FP64",
+        DType::Bf16 => "BF16",
+    }
+}
+
+fn parse_datatype(name: &str) -> Option<DType> {
+    [
+        DType::Boolean,
+        DType::U8,
+        DType::U16,
+        DType::U32,
+        DType::U64,
+        DType::I8,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::F16,
+        DType::F32,
+        DType::F64,
+        DType::Bf16,
+    ]
+    .into_iter()
+    .find(|&d| datatype(d) == name)
+}
+
+/// Decodes a request body. `header_length` is the `Inference-Header-Content-Length` header, if
+/// any; the error says what is wrong with the request, for a 400 response.
+pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<InferRequest, String> {
+    let (json, mut binary) = match header_length {
+        Some(n) if n > body.len() => {
+            return Err(format!(
+                "{HEADER_LENGTH} is {n} but the body has only {} bytes",
+                body.len()
+            ));
+        }
+        Some(n) => body.split_at(n),
+        None => (body, &[][..]),
+    };
+    let request: RequestJson =
+        serde_json::from_slice(json).map_err(|e| format!("malformed inference request JSON: {e}"))?;
+    let id = match request.id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => Some(other.to_string()),
+    };
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let dtype = parse_datatype(&input.datatype).ok_or_else(|| {
+            format!(
+                "input `{}`: datatype `{}` is not supported (NetLess serves numeric and BOOL tensors)",
+                input.name, input.datatype
+            )
+        })?;
+        let elements = element_count(&input.shape)
+            .ok_or_else(|| format!("input `{}`: shape {:?} is too large", input.name, input.shape))?;
+        let expected = elements.checked_mul(dtype.size() as u64);
+        let data = match (input.parameters.get("binary_data_size"), input.data) {
+            (Some(_), Some(_)) => {
+                return Err(format!("input `{}` has both `data` and `binary_data_size`", input.name));
+            }
+            (Some(size), None) => {
+                let size = size
+                    .as_u64()
+                    .ok_or_else(|| format!("input `{}`: binary_data_size {size} is not a byte count", input.name))?;
+                if Some(size) != expected {
+                    return Err(format!(
+                        "input `{}`: binary_data_size is {size} bytes, but {:?} of {} needs {}",
+                        input.name,
+                        input.shape,
+                        input.datatype,
+                        expected.map_or("more than 2^64".into(), |e| e.to_string())
+                    ));
+                }
+                if size > binary.len() as u64 {
+                    return Err(format!(
+                        "input `{}`: binary_data_size is {size} bytes but only {} binary bytes are left in the body",
+                        input.name,
+                        binary.len()
+                    ));
+                }
+                let (head, rest) = binary.split_at(size as usize);
+                binary = rest;
+                head.to_vec()
+            }
+            (None, Some(values)) => json_to_bytes(&input.name, dtype, elements, &values)?,
+            (None, None) => return Err(format!("input `{}` has no `data` and no `binary_data_size`", input.name)),
+        };
+        inputs.push(Tensor {
+            name: input.name,
+            dtype,
+            shape: input.shape,
+            data,
+        });
+    }
+    if !binary.is_empty() {
+        return Err(format!(
+            "{} bytes of binary data follow the JSON but no input claims them",
+            binary.len()
+        ));
+    }
+    let outputs = request.outputs.map(|outputs| {
+        outputs
+            .into_iter()
+            .map(|o| RequestedOutput {
+                binary: o.parameters.get("binary_data").and_then(Value::as_bool),
+                name: o.name,
+            })
+            .collect()
+    });
+    let binary_output = request
+        .parameters
+        .get("binary_data_output")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(InferRequest {
+        id,
+        inputs,
+        outputs,
+        binary_output,
+    })
+}
+
+fn element_count(shape: &[u64]) -> Option<u64> {
+    shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
+}
+
+/// Row-major elements of `values`, flat or nested, as little-endian bytes of `dtype`.
+fn json_to_bytes(name: &str, dtype: DType, elements: u64, values: &Value) -> Result<Vec<u8>, String> {
+    let mut flat = Vec::new();
+    flatten(values, &mut flat);
+    if flat.len() as u64 != elements {
+        return Err(format!(
+            "input `{name}`: {} values in `data`, but its shape needs {elements}",
+            flat.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(flat.len() * dtype.size());
+    for value in flat {
+        let bad = || format!("input `{name}`: {value} is not a {} value", datatype(dtype));
+        let int = || value.as_i64().map(i128::from).or_else(|| value.as_u64().map(i128::from)).ok_or_else(bad);
+        let float = || value.as_f64().ok_or_else(bad);
+        macro_rules! int_as {
+            ($t:ty) => {{
+                let v = int()?;
+                let v = <$t>::try_from(v).map_err(|_| format!("input `{name}`: {v} is out of range for {}", datatype(dtype)))?;
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }};
+        }
+        match dtype {
+            DType::Boolean => {
+                let v = match value {
+                    Value::Bool(b) => *b,
+                    _ => match int()? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad()),
+                    },
+                };
+                bytes.push(v as u8);
+            }
+            DType::U8 => int_as!(u8),
+            DType::U16 => int_as!(u16),
+            DType::U32 => int_as!(u32),
+            DType::U64 => int_as!(u64),
+            DType::I8 => int_as!(i8),
+            DType::I16 => int_as!(i16),
+            DType::I32 => int_as!(i32),
+            DType::I64 => int_as!(i64),
+            DType::F16 => bytes.extend_from_slice(&half::f16::from_f64(float()?).to_le_bytes()),
+            DType::Bf16 => bytes.extend_from_slice(&half::bf16::from_f64(float()?).to_le_bytes()),
+            DType::F32 => bytes.extend_from_slice(&(float()? as f32).to_le_bytes()),
+            DType::F64 => bytes.extend_from_slice(&float()?.to_le_bytes()),
+        }
+    }
+    Ok(bytes)
+}
+
+fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
+        other => out.push(other),
+    }
+}
+
+/// A tensor's elements as JSON values (non-finite floats become `null`, as JSON has no NaN).
+fn bytes_to_json(tensor: &Tensor) -> Vec<Value> {
+    let chunks = tensor.data.chunks_exact(tensor.dtype.size());
+    macro_rules! each {
+        ($t:ty) => {
+            chunks.map(|c| json!(<$t>::from_le_bytes(c.try_into().expect("chunk of the type's size")))).collect()
+        };
+    }
+    match tensor.dtype {
+        DType::Boolean => chunks.map(|c| Value::Bool(c[0] != 0)).collect(),
+        DType::U8 => each!(u8),
+        DType::U16 => each!(u16),
+        DType::U32 => each!(u32),
+        DType::U64 => each!(u64),
+        DType::I8 => each!(i8),
+        DType::I16 => each!(i16),
+        DType::I32 => each!(i32),
+        DType::I64 => each!(i64),
+        DType::F16 => chunks.map(|c| json!(half::f16::from_le_bytes([c[0], c[1]]).to_f64())).collect(),
+        DType::Bf16 => chunks.map(|c| json!(half::bf16::from_le_bytes([c[0], c[1]]).to_f64())).collect(),
+        DType::F32 => each!(f32),
+        DType::F64 => each!(f64),
+    }
+}
+
+/// Encodes a response: each output with whether it goes as binary data.
+pub fn encode(model: &str, version: &str, id: Option<&str>, outputs: &[(Tensor, bool)]) -> Encoded {
+    let mut binary = Vec::new();
+    let outputs: Vec<Value> = outputs
+        .iter()
+        .map(|(tensor, as_binary)| {
+            let mut output = json!({
+                "name": tensor.name,
+                "datatype": datatype(tensor.dtype),
+                "shape": tensor.shape,
+            });
+            if *as_binary {
+                output["parameters"] = json!({ "binary_data_size": tensor.data.len() });
+                binary.extend_from_slice(&tensor.data);
+            } else {
+                output["data"] = Value::Array(bytes_to_json(tensor));
+            }
+            output
+        })
+        .collect();
+    let mut response = json!({ "model_name": model, "model_version": version, "outputs": outputs });
+    if let Some(id) = id {
+        response["id"] = json!(id);
+    }
+    let mut body = serde_json::to_vec(&response).expect("a JSON value always serialises");
+    let header_length = (!binary.is_empty()).then_some(body.len());
+    body.extend_from_slice(&binary);
+    Encoded { body, header_length }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_binary_inputs_round_trip() {
+        let values = [1.5f32, -2.0, 3.25, 0.0];
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let header = br#"{"inputs":[{"name":"a","shape":[2,2],"datatype":"FP32","data":[[1.5,-2.0],[3.25,0]]},
+            {"name":"b","shape":[4],"datatype":"FP32","parameters":{"binary_data_size":16}}],
+            "outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&raw);
+        let request = decode(&body, Some(header.len())).unwrap();
+        assert_eq!(request.inputs[0].data, raw);
+        assert_eq!(request.inputs[1].data, raw);
+        assert_eq!(request.outputs.unwrap()[0].binary, Some(true));
+
+        let tensor = Tensor::from_f32("y", vec![4], &values);
+        let encoded = encode("m", "1", Some("7"), &[(tensor.clone(), true)]);
+        let n = encoded.header_length.unwrap();
+        assert_eq!(&encoded.body[n..], &raw[..]);
+        let json: Value = serde_json::from_slice(&encoded.body[..n]).unwrap();
+        assert_eq!(json["id"], "7");
+        assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 16);
+        let encoded = encode("m", "1", None, &[(tensor, false)]);
+        let json: Value = serde_json::from_slice(&encoded.body).unwrap();
+        assert_eq!(json["outputs"][0]["data"], json!([1.5, -2.0, 3.25, 0.0]));
+    }
+
+    #[test]
+    fn bad_requests_name_the_problem() {
+        let cases: [(&[u8], Option<usize>, &str); 7] = [
+            (b"{", None, "malformed"),
+            (br#"{"inputs":[{"name":"a","shape":[3],"datatype":"FP32","data":[1,2]}]}"#, None, "2 values"),
+            (br#"{"inputs":[{"name":"a","shape":[1],"datatype":"BYTES","data":["x"]}]}"#, None, "BYTES"),
+            (br#"{"inputs":[{"name":"a","shape":[1],"datatype":"INT8","data":[300]}]}"#, None, "out of range"),
+            (br#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#, Some(200), "body has only"),
+            (br#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#, None, "needs 4"),
+            (br#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32"}]}"#, None, "no `data`"),
+        ];
+        for (body, header, expected) in cases {
+            let error = decode(body, header).unwrap_err();
+            assert!(error.contains(expected), "{error} should mention {expected}");
+        }
+    }
+}
