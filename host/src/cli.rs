@@ -108,6 +108,9 @@ enum Command {
         /// Run the composed pipeline.wasm instead of the segments one by one.
         #[arg(long)]
         composed: bool,
+        /// Run the unsplit model the plan was made from in native tract instead (the reference).
+        #[arg(long, conflicts_with = "composed")]
+        native: bool,
         /// Deadline of one call into a segment, in milliseconds.
         #[arg(long, default_value_t = 60_000)]
         deadline_ms: u64,
@@ -356,7 +359,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { dir, inputs, output_dir, composed, deadline_ms } => run_pipeline(&dir, &inputs, output_dir.as_deref(), composed, deadline_ms),
+        Command::Run { dir, inputs, output_dir, native: true, .. } => run_native(&dir, &inputs, output_dir.as_deref()),
+        Command::Run { dir, inputs, output_dir, composed, deadline_ms, .. } => run_pipeline(&dir, &inputs, output_dir.as_deref(), composed, deadline_ms),
         Command::Up(args) => up(args),
         Command::Bench { model, segments, max_memory, shapes, runs, out } => {
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
@@ -422,6 +426,30 @@ fn cache_dir() -> PathBuf {
 fn cache_root() -> PathBuf {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     home.join(".cache/netless")
+}
+
+fn run_native(dir: &Path, given: &[(String, PathBuf)], output_dir: Option<&Path>) -> anyhow::Result<()> {
+    let plan = Plan::load(dir)?;
+    let source = OnnxModel::load(Path::new(&plan.model.file))?;
+    if source.sha256 != plan.model.sha256 {
+        bail!("{} changed since the split (sha256 {}, the plan says {})", plan.model.file, source.sha256, plan.model.sha256);
+    }
+    let model = netless::native::NativeModel::new(&source.proto, "the unsplit model", &plan.model.inputs)?;
+    let inputs = verify::load_inputs(&plan.model.inputs, given)?;
+    let started = Instant::now();
+    let outputs = model.run(&inputs)?;
+    let ran = started.elapsed();
+    if let Some(out) = output_dir {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    }
+    for (name, tensor) in &outputs {
+        println!("{name} {:?} {:?}", tensor.datum_type(), tensor.shape());
+        if let Some(out) = output_dir {
+            netless::npy::write(&out.join(format!("{}.npy", name.replace(['/', '\\', ':'], "_"))), name, tensor)?;
+        }
+    }
+    println!("inference {:.1} ms (unsplit, native tract)", ran.as_secs_f64() * 1e3);
+    Ok(())
 }
 
 fn run_pipeline(dir: &Path, given: &[(String, PathBuf)], output_dir: Option<&Path>, composed: bool, deadline_ms: u64) -> anyhow::Result<()> {

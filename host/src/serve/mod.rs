@@ -352,6 +352,7 @@ impl Drop for Handle {
 /// Serves `service` on `listener` until `shutdown` completes, then finishes the requests in
 /// flight. Idle instances are reclaimed in the background.
 pub async fn serve(service: Arc<Service>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    map_large_allocations();
     let reaper = tokio::spawn(reclaim_idle(service.clone()));
     let drained = service.clone();
     let result = axum::serve(listener, http::router(service.clone()))
@@ -371,6 +372,34 @@ async fn reclaim_idle(service: Arc<Service>) {
     loop {
         tick.tick().await;
         let service = service.clone();
-        let _ = tokio::task::spawn_blocking(move || service.functions.iter().map(|f| f.reclaim()).sum::<usize>()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let reclaimed: usize = service.functions.iter().map(|f| f.reclaim()).sum();
+            if reclaimed > 0 {
+                release_freed_memory();
+            }
+        })
+        .await;
+    }
+}
+
+/// Makes glibc give every allocation of 256 KiB or more (request bodies, tensors) its own mapping,
+/// returned to the system when freed. By default glibc raises that threshold after the first such
+/// free, and the buffers of later requests then fragment its heaps, which never shrink back.
+fn map_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it has no preconditions.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
+/// Returns memory freed by reclaimed instances and finished requests to the system: glibc keeps
+/// freed memory in per-thread arenas, so without this the server would not shrink back to its idle
+/// size after a load.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory held by the allocator; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
