@@ -8,6 +8,7 @@
 //! [`Report::write`] saves it as `report.md`, `report.json` and `chart.svg`.
 
 mod render;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -136,6 +136,26 @@ enum Command {
         /// Output folder (default: bench-out/<model stem>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Benchmark `netless up` under load instead: latency and throughput per K and concurrency,
+        /// with pipelining on and off.
+        #[arg(long)]
+        serve: bool,
+        /// Concurrent clients, for --serve.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        concurrency: Vec<usize>,
+        /// Requests per client per measurement, for --serve.
+        #[arg(long, default_value_t = 20)]
+        requests: usize,
+        /// Instances per segment function, for --serve.
+        #[arg(long, default_value_t = 2)]
+        max_instances: usize,
+        /// Another OIP v2 server serving the same model, measured alongside (--serve), e.g. onnxruntime
+        /// behind scripts/oip_reference_server.py.
+        #[arg(long, requires = "reference_model")]
+        reference_url: Option<String>,
+        /// The model's name on the --reference-url server.
+        #[arg(long)]
+        reference_model: Option<String>,
     },
 }
 
@@ -362,7 +382,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { dir, inputs, output_dir, native: true, .. } => run_native(&dir, &inputs, output_dir.as_deref()),
         Command::Run { dir, inputs, output_dir, composed, deadline_ms, .. } => run_pipeline(&dir, &inputs, output_dir.as_deref(), composed, deadline_ms),
         Command::Up(args) => up(args),
-        Command::Bench { model, segments, max_memory, shapes, runs, out } => {
+        Command::Bench { model, segments, max_memory, shapes, out, serve: true, concurrency, requests, max_instances, reference_url, reference_model, .. } => {
+            let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+            let options = netless::bench::serve::ServeBenchOptions {
+                out: out.unwrap_or_else(|| Path::new("bench-out").join(stem)),
+                model,
+                segments,
+                max_memory,
+                input_shapes: shapes.input_shapes,
+                concurrency,
+                requests,
+                max_instances,
+                runtime_wasm: component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"),
+                reference: reference_url.zip(reference_model),
+            };
+            let report = netless::bench::serve::run(&options, cache_dir(), &mut |line| eprintln!("bench: {line}"))?;
+            let markdown = report.to_markdown();
+            std::fs::write(options.out.join("serve.md"), &markdown).with_context(|| format!("writing to {}", options.out.display()))?;
+            std::fs::write(options.out.join("serve.json"), serde_json::to_string_pretty(&report)?)?;
+            println!("{markdown}");
+            println!("wrote serve.md and serve.json to {}", options.out.display());
+            let failures = report.failures();
+            if !failures.is_empty() {
+                bail!("{} load run(s) had failures: {}", failures.len(), failures.join("; "));
+            }
+            Ok(())
+        }
+        Command::Bench { model, segments, max_memory, shapes, runs, out, .. } => {
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
             let options = netless::bench::BenchOptions {
                 out: out.unwrap_or_else(|| Path::new("bench-out").join(stem)),

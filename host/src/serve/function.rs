@@ -178,7 +178,7 @@ impl Function {
         self.pool.lock().expect("pool lock").live += 1;
         self.metrics.cold_start(&self.name, took);
         self.report();
-        tracing::info!(function = %self.name, ms = took.as_secs_f64() * 1e3, "cold start");
+        tracing::info!(function = %self.name, ms = %format!("{:.1}", took.as_secs_f64() * 1e3), "cold start");
         Ok(segment)
     }
 

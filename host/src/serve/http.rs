@@ -120,7 +120,7 @@ async fn infer(State(service): Shared, Path(params): Params, headers: HeaderMap,
         let outputs = service.infer(&model, request).instrument(span.clone()).await;
         let _entered = span.enter();
         match &outputs {
-            Ok(_) => tracing::info!(ms = started.elapsed().as_secs_f64() * 1e3, "ok"),
+            Ok(_) => tracing::info!(ms = %format!("{:.1}", started.elapsed().as_secs_f64() * 1e3), "ok"),
             Err(e) => tracing::warn!(status = e.status().as_u16(), error = %e, "failed"),
         }
         Ok::<_, ServeError>(oip::encode(&model.name, VERSION, Some(&id), &outputs?))
