@@ -345,3 +345,29 @@ fn concurrent_clients_get_their_own_answers_and_instances_scale_to_zero() {
     assert!(!text.contains(&format!("netless_reclaimed_instances{{model=\"{MODEL}-seg-0\",version=\"1\"}} 0")), "{text}");
     server.stop().unwrap();
 }
+
+#[test]
+fn a_failing_segment_gets_500_naming_it_and_the_other_stages_keep_serving() {
+    let Some(dir) = built() else { return };
+    let plan_path = dir.path().join("plan.json");
+    let mut plan: Value = serde_json::from_slice(&std::fs::read(&plan_path).unwrap()).unwrap();
+    plan["segments"][1]["estimated_memory"] = json!(1 << 20);
+    std::fs::write(&plan_path, serde_json::to_vec(&plan).unwrap()).unwrap();
+    let server = start(dir.path(), options());
+    let url = server.url();
+    let (inputs, _) = reference(dir.path(), 9);
+    let (body, header) = binary_request(&inputs, "starved");
+    for _ in 0..2 {
+        let reply = post(&format!("{url}/v2/models/{MODEL}/infer"), &body, Some(header));
+        assert_eq!(reply.status, 500, "{}", String::from_utf8_lossy(&reply.body));
+        let error = reply.error();
+        assert!(error.contains(&format!("{MODEL}-seg-1")) && error.contains("too large"), "{error}");
+        assert!(error.contains("over the limit of 1048576 bytes"), "{error}");
+    }
+    let stage = post(&format!("{url}/v2/models/{MODEL}-seg-0/infer"), &body, Some(header));
+    assert_eq!(stage.status, 200, "segment 0 is unaffected: {}", String::from_utf8_lossy(&stage.body));
+    let text = String::from_utf8(get(&format!("{url}/metrics")).body).unwrap();
+    assert!(text.contains(&format!("nv_inference_request_failure{{model=\"{MODEL}-seg-1\",version=\"1\"}} 2")), "{text}");
+    assert!(text.contains(&format!("nv_inference_request_failure{{model=\"{MODEL}\",version=\"1\"}} 2")), "{text}");
+    server.stop().unwrap();
+}

@@ -116,7 +116,9 @@ impl Function {
         }
         let this = self.clone();
         let queued = slot.queued;
+        let span = tracing::Span::current();
         let (result, compute) = tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             let _permit = slot.permit;
             let mut segment = match this.take_idle() {
                 Some(segment) => segment,
