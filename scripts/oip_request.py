@@ -30,7 +30,8 @@ def main(url, model, *given):
         inputs.append({"name": spec["name"], "shape": list(value.shape), "datatype": spec["datatype"],
                        "data": value.ravel().tolist()})
     body = json.dumps({"id": "demo", "inputs": inputs}).encode()
-    request = urllib.request.Request(f"{url}/v2/models/{model}/infer", data=body, method="POST")
+    request = urllib.request.Request(f"{url}/v2/models/{model}/infer", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request) as response:
             answer = json.load(response)
