@@ -7,11 +7,16 @@ run, against a real, installable OIP v2 implementation: same routes
 the binary tensor extension (Inference-Header-Content-Length, binary_data_size,
 binary_data / binary_data_output), exactly as KServe implements them.
 
-Install (into a venv, never system Python; ~35 s from an empty pip cache):
+Install (into a venv, never system Python; ~45 s from an empty pip cache, ~580 MB):
     python3 -m venv ~/.cache/netless/oip-ref-venv
     ~/.cache/netless/oip-ref-venv/bin/pip install -r scripts/oip-reference-requirements.txt
-    (i.e. kserve==0.21.0 onnxruntime==1.32.0 numpy==2.4.6, plus
-     tritonclient[http]==<pinned> for the client-side checks)
+(the full pinned set; the top level is kserve==0.21.0 onnxruntime==1.32.0
+numpy==2.4.6, plus tritonclient[http]==2.73.0 for client-side checks).
+
+KServe quirks: a JSON infer request needs "Content-Type: application/json"
+(without it the body is taken as binary and fails with 400 for lack of
+Inference-Header-Content-Length); binary inputs are turned into Python lists
+and back inside KServe, so binary requests cost about as much as JSON ones.
 
 Usage:
     python scripts/oip_reference_server.py MODEL.onnx --name NAME --port PORT [--threads 1]
