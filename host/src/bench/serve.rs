@@ -106,6 +106,7 @@ pub fn run(options: &ServeBenchOptions, cache: PathBuf, log: &mut dyn FnMut(&str
                 deadline: Duration::from_secs(600),
                 max_body: 1 << 30,
                 pipelining,
+                only_segments: None,
             };
             let server = Handle::start(Service::load(&engine, &dir, serve_options)?, "127.0.0.1:0".parse().expect("address"))
                 .map_err(|e| Error::Package { what: "the server".into(), reason: e.to_string() })?;

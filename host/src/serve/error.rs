@@ -29,6 +29,26 @@ pub enum ServeError {
         /// The segment function.
         function: String,
     },
+    /// No replica of a remote segment could be reached (503, with Retry-After).
+    #[error("{function} is unavailable: no replica answered ({reasons})")]
+    Unavailable {
+        /// The segment function.
+        function: String,
+        /// What each replica did.
+        reasons: String,
+    },
+    /// A remote segment failed or rejected what it was sent (500).
+    #[error("{function} at {replica} answered {status}: {message}")]
+    Remote {
+        /// The segment function.
+        function: String,
+        /// The replica that answered.
+        replica: String,
+        /// Its HTTP status.
+        status: u16,
+        /// Its error message.
+        message: String,
+    },
     /// The server is shutting down (503).
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -63,14 +83,14 @@ impl ServeError {
             ServeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ServeError::NotFound(_) => StatusCode::NOT_FOUND,
             ServeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ServeError::Overloaded { .. } | ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::Overloaded { .. } | ServeError::Unavailable { .. } | ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Deadline { .. } => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Segment { error, .. } => match error {
                 SegmentError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
                 SegmentError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::Remote { .. } | ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -117,7 +117,7 @@ async fn infer(State(service): Shared, Path(params): Params, headers: HeaderMap,
         let request = oip::decode(&body, header_length).map_err(ServeError::BadRequest)?;
         let id = request.id.clone().unwrap_or_else(|| service.next_request_id());
         let span = tracing::info_span!("infer", id = %id, model = %model.name);
-        let outputs = service.infer(&model, request).instrument(span.clone()).await;
+        let outputs = service.infer(&model, &id, request).instrument(span.clone()).await;
         let _entered = span.enter();
         match &outputs {
             Ok(_) => tracing::info!(ms = %format!("{:.1}", started.elapsed().as_secs_f64() * 1e3), "ok"),

@@ -11,6 +11,7 @@ mod http;
 pub mod metrics;
 pub mod oip;
 pub mod prepare;
+mod remote;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub use error::ServeError;
 pub use function::{Function, Scaling};
+pub use remote::RemoteStage;
 use metrics::Metrics;
 use oip::InferRequest;
 
@@ -46,6 +48,19 @@ pub struct ServeOptions {
     /// Pipeline concurrent requests through the stages (otherwise a request holds an instance
     /// of every stage from start to end).
     pub pipelining: bool,
+    /// Serve only these segments, each as its own model (a worker of a distributed pipeline);
+    /// `None` serves the pipeline and every segment.
+    pub only_segments: Option<Vec<usize>>,
+}
+
+/// Where a stage of the pipeline runs.
+pub enum Stage {
+    /// In this host, as a serverless function.
+    Local(Arc<Function>),
+    /// On other hosts, called over HTTP.
+    Remote(Arc<RemoteStage>),
+    /// Not served here (a worker serving other segments).
+    Absent,
 }
 
 /// A model the service answers to: the pipeline or one segment.
@@ -64,8 +79,9 @@ pub struct Served {
 /// A built plan ready to serve: its functions, models and metrics.
 pub struct Service {
     plan: Plan,
+    name: String,
     models: Vec<Served>,
-    functions: Vec<Arc<Function>>,
+    stages: Vec<Stage>,
     metrics: Arc<Metrics>,
     options: ServeOptions,
     ready: AtomicBool,
@@ -85,36 +101,72 @@ impl Service {
         let runtime = engine.load_runtime(&wasm)?;
         let name = options.name.clone().unwrap_or_else(|| model_name(&plan.model.name));
         let metrics = Arc::new(Metrics::new());
-        metrics.add_model(&name);
-        let mut models = vec![Served {
-            name: name.clone(),
-            stages: 0..plan.segments.len(),
-            inputs: plan.model.inputs.clone(),
-            outputs: plan.model.outputs.clone(),
-        }];
-        let mut functions = Vec::new();
+        let mut stages = Vec::new();
         for seg in &plan.segments {
+            if options.only_segments.as_ref().is_some_and(|only| !only.contains(&seg.index)) {
+                stages.push(Stage::Absent);
+                continue;
+            }
             let data_path = artifacts::data_path(dir, seg.index);
             let data = std::fs::read(&data_path).map_err(Error::io(&data_path))?;
             let limits = Limits { memory_bytes: seg.estimated_memory, deadline: options.deadline };
             let factory = engine
                 .segment_factory(&runtime, &data, limits)
                 .map_err(|cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause })?;
-            let function_name = format!("{name}-seg-{}", seg.index);
-            models.push(Served {
-                name: function_name.clone(),
-                stages: seg.index..seg.index + 1,
-                inputs: seg.inputs.clone(),
-                outputs: seg.outputs.clone(),
-            });
-            functions.push(Arc::new(Function::new(function_name, factory, options.scaling, metrics.clone())));
+            let function = Function::new(format!("{name}-seg-{}", seg.index), factory, options.scaling, metrics.clone());
+            stages.push(Stage::Local(Arc::new(function)));
         }
-        Ok(Service { plan, models, functions, metrics, options, ready: AtomicBool::new(true), next_id: AtomicU64::new(1) })
+        if let Some(missing) = options.only_segments.iter().flatten().find(|&&i| i >= plan.segments.len()) {
+            return Err(Error::Plan { path: dir.join(crate::plan::file::FILE_NAME), reason: format!("has no segment {missing}") });
+        }
+        Ok(Service::new(plan, name, stages, metrics, options))
     }
 
-    /// The served pipeline's model name.
+    /// A gateway: serves the pipeline of the plan in `dir` (only `plan.json` is read) by calling
+    /// segment `i` on the hosts `replicas[i]` (base URLs of `netless up --only-segments` workers).
+    pub fn gateway(dir: &Path, replicas: Vec<Vec<String>>, hop_timeout: Duration, options: ServeOptions) -> Result<Service> {
+        let plan = Plan::load(dir)?;
+        if replicas.len() != plan.segments.len() || replicas.iter().any(Vec::is_empty) {
+            return Err(Error::Plan {
+                path: dir.join(crate::plan::file::FILE_NAME),
+                reason: format!("has {} segments; give at least one host for each (got hosts for {})", plan.segments.len(), replicas.iter().filter(|r| !r.is_empty()).count()),
+            });
+        }
+        let name = options.name.clone().unwrap_or_else(|| model_name(&plan.model.name));
+        let metrics = Arc::new(Metrics::new());
+        let stages = replicas
+            .into_iter()
+            .enumerate()
+            .map(|(i, hosts)| Stage::Remote(Arc::new(RemoteStage::new(format!("{name}-seg-{i}"), hosts, hop_timeout, metrics.clone()))))
+            .collect();
+        let options = ServeOptions { only_segments: None, ..options };
+        let mut service = Service::new(plan, name, stages, metrics, options);
+        service.models.truncate(1);
+        Ok(service)
+    }
+
+    fn new(plan: Plan, name: String, stages: Vec<Stage>, metrics: Arc<Metrics>, options: ServeOptions) -> Service {
+        let mut models = Vec::new();
+        if stages.iter().all(|s| !matches!(s, Stage::Absent)) {
+            metrics.add_model(&name);
+            models.push(Served { name: name.clone(), stages: 0..plan.segments.len(), inputs: plan.model.inputs.clone(), outputs: plan.model.outputs.clone() });
+        }
+        for (seg, stage) in plan.segments.iter().zip(&stages) {
+            if !matches!(stage, Stage::Absent) {
+                models.push(Served {
+                    name: format!("{name}-seg-{}", seg.index),
+                    stages: seg.index..seg.index + 1,
+                    inputs: seg.inputs.clone(),
+                    outputs: seg.outputs.clone(),
+                });
+            }
+        }
+        Service { plan, name, models, stages, metrics, options, ready: AtomicBool::new(true), next_id: AtomicU64::new(1) }
+    }
+
+    /// The pipeline's model name (served only when every segment is).
     pub fn name(&self) -> &str {
-        &self.models[0].name
+        &self.name
     }
 
     /// The plan being served.
@@ -122,14 +174,14 @@ impl Service {
         &self.plan
     }
 
-    /// The models served: the pipeline first, then each segment.
+    /// The models served: the pipeline first (when every segment is here), then each segment.
     pub fn models(&self) -> &[Served] {
         &self.models
     }
 
-    /// The segment functions, in pipeline order.
-    pub fn functions(&self) -> &[Arc<Function>] {
-        &self.functions
+    /// The segment functions running in this host, in pipeline order.
+    pub fn functions(&self) -> Vec<Arc<Function>> {
+        self.stages.iter().filter_map(|s| match s { Stage::Local(f) => Some(f.clone()), _ => None }).collect()
     }
 
     /// The metrics, in the Prometheus text format.
@@ -159,11 +211,14 @@ impl Service {
 
     /// Runs an inference request on `model`; returns the outputs to send, each with whether it
     /// goes as binary data, and records the request in the metrics.
-    pub async fn infer(&self, model: &Served, request: InferRequest) -> Result<Vec<(Tensor, bool)>, ServeError> {
+    pub async fn infer(&self, model: &Served, id: &str, request: InferRequest) -> Result<Vec<(Tensor, bool)>, ServeError> {
         let started = Instant::now();
-        let result = self.run(model, request, started + self.options.deadline).await;
+        let result = self.run(model, id, request, started + self.options.deadline).await;
         // A segment model's function records its own calls; the rest are recorded here.
-        let by_function = matches!(result, Err(ServeError::Overloaded { .. } | ServeError::Deadline { .. } | ServeError::Segment { .. } | ServeError::ShuttingDown));
+        let by_function = matches!(
+            result,
+            Err(ServeError::Overloaded { .. } | ServeError::Deadline { .. } | ServeError::Segment { .. } | ServeError::ShuttingDown | ServeError::Unavailable { .. } | ServeError::Remote { .. })
+        );
         if model.stages.len() > 1 || model.name == self.name() || (result.is_err() && !by_function) {
             self.metrics.request(&model.name, result.is_ok(), started.elapsed());
         }
@@ -175,23 +230,36 @@ impl Service {
         format!("netless-{}", self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    async fn run(&self, model: &Served, request: InferRequest, deadline: Instant) -> Result<Vec<(Tensor, bool)>, ServeError> {
+    async fn run(&self, model: &Served, id: &str, request: InferRequest, deadline: Instant) -> Result<Vec<(Tensor, bool)>, ServeError> {
         let wanted = requested_outputs(model, &request)?;
         let mut env = check_inputs(model, request.inputs)?;
         let stages = model.stages.clone();
-        if self.options.pipelining {
-            for index in stages {
-                let slot = self.functions[index].reserve(deadline).await?;
-                self.call(index, slot, &mut env, deadline).await?;
-            }
-        } else {
-            let mut slots = Vec::with_capacity(stages.len());
+        let mut slots = Vec::new();
+        if !self.options.pipelining {
             for index in stages.clone() {
-                slots.push(self.functions[index].reserve(deadline).await?);
+                if let Stage::Local(function) = &self.stages[index] {
+                    slots.push(Some(function.reserve(deadline).await?));
+                } else {
+                    slots.push(None);
+                }
             }
-            for (index, slot) in stages.zip(slots) {
-                self.call(index, slot, &mut env, deadline).await?;
-            }
+        }
+        let mut slots = slots.into_iter();
+        for index in stages {
+            let inputs = self.plan.segments[index].inputs.iter().filter_map(|s| env.get(&s.name).cloned()).collect();
+            let outputs = match &self.stages[index] {
+                Stage::Local(function) => {
+                    let slot = match slots.next().flatten() {
+                        Some(slot) => slot,
+                        None => function.reserve(deadline).await?,
+                    };
+                    function.call(slot, inputs, deadline).await?
+                }
+                Stage::Remote(remote) => remote.call(id, inputs, deadline).await?,
+                Stage::Absent => return Err(ServeError::Internal(format!("segment {index} is not served here"))),
+            };
+            tracing::debug!(segment = index, "stage done");
+            env.extend(outputs.into_iter().map(|t| (t.name.clone(), t)));
         }
         wanted
             .into_iter()
@@ -200,15 +268,6 @@ impl Service {
                 Ok((tensor, binary))
             })
             .collect()
-    }
-
-    /// Runs stage `index` on the tensors it takes from `env`, adding its outputs to `env`.
-    async fn call(&self, index: usize, slot: function::Slot, env: &mut HashMap<String, Tensor>, deadline: Instant) -> Result<(), ServeError> {
-        let inputs = self.plan.segments[index].inputs.iter().filter_map(|s| env.get(&s.name).cloned()).collect();
-        let outputs = self.functions[index].call(slot, inputs, deadline).await?;
-        tracing::debug!(function = self.functions[index].name(), "stage done");
-        env.extend(outputs.into_iter().map(|t| (t.name.clone(), t)));
-        Ok(())
     }
 }
 
@@ -373,7 +432,7 @@ async fn reclaim_idle(service: Arc<Service>) {
         tick.tick().await;
         let service = service.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let reclaimed: usize = service.functions.iter().map(|f| f.reclaim()).sum();
+            let reclaimed: usize = service.functions().iter().map(|f| f.reclaim()).sum();
             if reclaimed > 0 {
                 release_freed_memory();
             }

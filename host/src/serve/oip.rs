@@ -326,6 +326,61 @@ pub fn encode(model: &str, version: &str, id: Option<&str>, outputs: &[(Tensor, 
     Encoded { body, header_length }
 }
 
+/// Encodes a request for `inputs` with the binary extension, asking for binary outputs: how one
+/// NetLess host calls a segment served by another.
+pub fn encode_request(id: &str, inputs: &[Tensor]) -> Encoded {
+    let specs: Vec<Value> = inputs
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name, "shape": t.shape, "datatype": datatype(t.dtype),
+                "parameters": { "binary_data_size": t.data.len() },
+            })
+        })
+        .collect();
+    let request = json!({ "id": id, "inputs": specs, "parameters": { "binary_data_output": true } });
+    let mut body = serde_json::to_vec(&request).expect("a JSON value always serialises");
+    let header_length = Some(body.len());
+    for t in inputs {
+        body.extend_from_slice(&t.data);
+    }
+    Encoded { body, header_length }
+}
+
+#[derive(Deserialize)]
+struct ResponseJson {
+    outputs: Vec<InputJson>,
+}
+
+/// Decodes a response's output tensors, JSON or binary; the error says what is wrong with it.
+pub fn decode_response(body: &[u8], header_length: Option<usize>) -> Result<Vec<Tensor>, String> {
+    let (json, mut binary) = match header_length {
+        Some(n) if n > body.len() => return Err(format!("{HEADER_LENGTH} is {n} but the body has only {} bytes", body.len())),
+        Some(n) => body.split_at(n),
+        None => (body, &[][..]),
+    };
+    let response: ResponseJson = serde_json::from_slice(json).map_err(|e| format!("malformed inference response JSON: {e}"))?;
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    for output in response.outputs {
+        let dtype = parse_datatype(&output.datatype).ok_or_else(|| format!("output `{}`: datatype `{}` is not supported", output.name, output.datatype))?;
+        let elements = element_count(&output.shape).ok_or_else(|| format!("output `{}`: shape {:?} is too large", output.name, output.shape))?;
+        let data = match (output.parameters.get("binary_data_size").and_then(Value::as_u64), output.data) {
+            (Some(size), _) => {
+                if Some(size) != elements.checked_mul(dtype.size() as u64) || size > binary.len() as u64 {
+                    return Err(format!("output `{}`: binary_data_size {size} does not fit its shape {:?} or the body", output.name, output.shape));
+                }
+                let (head, rest) = binary.split_at(size as usize);
+                binary = rest;
+                head.to_vec()
+            }
+            (None, Some(values)) => json_to_bytes(&output.name, dtype, elements, &values)?,
+            (None, None) => return Err(format!("output `{}` has no data", output.name)),
+        };
+        outputs.push(Tensor { name: output.name, dtype, shape: output.shape, data });
+    }
+    Ok(outputs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,6 +409,18 @@ mod tests {
         let encoded = encode("m", "1", None, &[(tensor, false)]);
         let json: Value = serde_json::from_slice(&encoded.body).unwrap();
         assert_eq!(json["outputs"][0]["data"], json!([1.5, -2.0, 3.25, 0.0]));
+    }
+
+    #[test]
+    fn requests_and_responses_between_hosts_round_trip() {
+        let tensors = vec![Tensor::from_f32("a", vec![2], &[1.0, 2.0]), Tensor::from_f32("b", vec![1], &[3.0])];
+        let encoded = encode_request("r", &tensors);
+        let request = decode(&encoded.body, encoded.header_length).unwrap();
+        assert_eq!(request.inputs, tensors);
+        assert!(request.binary_output);
+        let response = encode("m", "1", Some("r"), &[(tensors[0].clone(), true), (tensors[1].clone(), false)]);
+        assert_eq!(decode_response(&response.body, response.header_length).unwrap(), tensors);
+        assert!(decode_response(&response.body[..response.body.len() - 1], response.header_length).is_err());
     }
 
     #[test]
