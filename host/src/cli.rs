@@ -160,6 +160,9 @@ enum Command {
         /// The model's name on the --reference-url server.
         #[arg(long)]
         reference_model: Option<String>,
+        /// Also measure every K with each segment in its own worker process behind a gateway (--serve).
+        #[arg(long)]
+        distributed: bool,
     },
 }
 
@@ -433,7 +436,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { dir, inputs, output_dir, composed, deadline_ms, .. } => run_pipeline(&dir, &inputs, output_dir.as_deref(), composed, deadline_ms),
         Command::Up(args) => up(args),
         Command::Gateway(args) => gateway(args),
-        Command::Bench { model, segments, max_memory, shapes, out, serve: true, concurrency, requests, max_instances, reference_url, reference_model, .. } => {
+        Command::Bench { model, segments, max_memory, shapes, out, serve: true, concurrency, requests, max_instances, reference_url, reference_model, distributed, .. } => {
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
             let options = netless::bench::serve::ServeBenchOptions {
                 out: out.unwrap_or_else(|| Path::new("bench-out").join(stem)),
@@ -446,6 +449,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_instances,
                 runtime_wasm: component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"),
                 reference: reference_url.zip(reference_model),
+                distributed: distributed.then(std::env::current_exe).transpose()?,
             };
             let report = netless::bench::serve::run(&options, cache_dir(), &mut |line| eprintln!("bench: {line}"))?;
             let markdown = report.to_markdown();
@@ -623,8 +627,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     if let Some(workers) = args.distributed {
         let plan = Plan::load(&prepared.dir)?;
-        let mut pool = WorkerPool::default();
-        let replicas = pool.start(&prepared.dir, plan.segments.len(), workers as usize, &options)?;
+        let mut pool = netless::serve::workers::WorkerPool::default();
+        let replicas = pool.start(&std::env::current_exe()?, &prepared.dir, plan.segments.len(), workers as usize, &options)?;
         return serve_service(Service::gateway(&prepared.dir, replicas, args.hop_timeout, options)?, args.listen);
     }
     let engine = Engine::new(cache_dir())?;
@@ -673,65 +677,6 @@ fn serve_service(service: netless::serve::Service, listen: std::net::SocketAddr)
     tokio.block_on(netless::serve::serve(std::sync::Arc::new(service), listener, shutdown_signal()))?;
     eprintln!("stopped");
     Ok(())
-}
-
-/// Worker processes of `up --distributed`, stopped (SIGTERM, then waited for) when dropped.
-#[derive(Default)]
-struct WorkerPool {
-    children: Vec<std::process::Child>,
-}
-
-impl WorkerPool {
-    /// Starts `count` workers serving the segments of `dir` between them; returns each segment's
-    /// worker URLs.
-    fn start(&mut self, dir: &Path, segments: usize, count: usize, options: &netless::serve::ServeOptions) -> anyhow::Result<Vec<Vec<String>>> {
-        use std::io::BufRead;
-        let mut replicas = vec![Vec::new(); segments];
-        for worker in 0..count {
-            let mine: Vec<usize> = (0..segments).filter(|s| s % count == worker || worker % segments == *s).collect();
-            let list: Vec<String> = mine.iter().map(usize::to_string).collect();
-            let mut command = std::process::Command::new(std::env::current_exe()?);
-            command
-                .arg("up")
-                .arg(dir)
-                .args(["--listen", "127.0.0.1:0", "--only-segments", &list.join(",")])
-                .args(["--max-instances", &options.scaling.max_instances.to_string(), "--queue-size", &options.scaling.queue_size.to_string()])
-                .arg("--idle-timeout")
-                .arg(humantime::format_duration(options.scaling.idle_timeout).to_string())
-                .arg("--deadline")
-                .arg(humantime::format_duration(options.deadline).to_string())
-                .stdout(std::process::Stdio::piped());
-            if let Some(name) = &options.name {
-                command.args(["--name", name]);
-            }
-            let mut child = command.spawn().context("starting a worker")?;
-            let stdout = child.stdout.take().expect("piped");
-            self.children.push(child);
-            let mut reader = std::io::BufReader::new(stdout);
-            let mut line = String::new();
-            reader.read_line(&mut line)?;
-            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-            let url = line.split_whitespace().find(|w| w.starts_with("http://")).map(|w| w.trim_end_matches(':').to_string());
-            let Some(url) = url else { bail!("worker {worker} did not start (it printed {line:?})") };
-            eprintln!("worker {worker} at {url}: segments {}", list.join(", "));
-            for s in mine {
-                replicas[s].push(url.clone());
-            }
-        }
-        Ok(replicas)
-    }
-}
-
-impl Drop for WorkerPool {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        }
-        for child in &mut self.children {
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::json;
 
 use crate::onnx::graph::InputShapes;
 use crate::package::artifacts;
 use crate::pipeline::to_wire;
 use crate::plan::{CostModel, MemoryModel, Objective, Request};
 use crate::runtime::Engine;
+use crate::serve::workers::WorkerPool;
 use crate::serve::{Handle, Scaling, ServeOptions, Service, oip};
 use crate::split::{Split, SplitOptions};
 use crate::{Error, Result, verify};
@@ -41,6 +41,9 @@ pub struct ServeBenchOptions {
     pub runtime_wasm: PathBuf,
     /// Another OIP v2 server serving the same model, as `URL MODEL`, measured the same way.
     pub reference: Option<(String, String)>,
+    /// The `netless` executable: also measure each K with every segment in its own worker process
+    /// behind a gateway, chained over loopback HTTP.
+    pub distributed: Option<PathBuf>,
 }
 
 /// One load measurement.
@@ -100,25 +103,17 @@ pub fn run(options: &ServeBenchOptions, cache: PathBuf, log: &mut dyn FnMut(&str
         };
         for pipelining in [true, false] {
             let label = format!("netless K={k} {}", if pipelining { "pipelined" } else { "not pipelined" });
-            let serve_options = ServeOptions {
-                name: Some(name.clone()),
-                scaling: Scaling { max_instances: options.max_instances, queue_size: 1024, idle_timeout: Duration::from_secs(600) },
-                deadline: Duration::from_secs(600),
-                max_body: 1 << 30,
-                pipelining,
-                only_segments: None,
-            };
-            let server = Handle::start(Service::load(&engine, &dir, serve_options)?, "127.0.0.1:0".parse().expect("address"))
-                .map_err(|e| Error::Package { what: "the server".into(), reason: e.to_string() })?;
-            let url = format!("{}/v2/models/{name}/infer", server.url());
-            let started = Instant::now();
-            post(&agent(), &url, request, *header).map_err(|reason| Error::Package { what: label.clone(), reason })?;
-            report.first_request_ms.push((label.clone(), started.elapsed().as_secs_f64() * 1e3));
-            for &c in &options.concurrency {
-                log(&format!("{label}: concurrency {c}"));
-                report.loads.push(load(&label, &url, request, *header, c, options.requests));
-            }
-            let _ = server.stop();
+            let serve_options = serve_options(&name, options.max_instances, pipelining);
+            let service = Service::load(&engine, &dir, serve_options)?;
+            measure(&mut report, &label, service, &name, request, *header, options, log)?;
+        }
+        if let Some(exe) = &options.distributed {
+            let label = format!("netless K={k} over {k} worker processes");
+            let serve_options = serve_options(&name, options.max_instances, true);
+            let mut workers = WorkerPool::default();
+            let replicas = workers.start(exe, &dir, k, k, &serve_options)?;
+            let service = Service::gateway(&dir, replicas, Duration::from_secs(60), serve_options)?;
+            measure(&mut report, &label, service, &name, request, *header, options, log)?;
         }
     }
     if let (Some((base, model)), Some((request, header))) = (&options.reference, &body) {
@@ -135,22 +130,38 @@ pub fn run(options: &ServeBenchOptions, cache: PathBuf, log: &mut dyn FnMut(&str
     Ok(report)
 }
 
+fn serve_options(name: &str, max_instances: usize, pipelining: bool) -> ServeOptions {
+    ServeOptions {
+        name: Some(name.to_string()),
+        scaling: Scaling { max_instances, queue_size: 1024, idle_timeout: Duration::from_secs(600) },
+        deadline: Duration::from_secs(600),
+        max_body: 1 << 30,
+        pipelining,
+        only_segments: None,
+    }
+}
+
+/// Serves `service` on loopback, then measures its first request and each concurrency.
+#[allow(clippy::too_many_arguments)]
+fn measure(report: &mut ServeReport, label: &str, service: Service, name: &str, request: &[u8], header: usize, options: &ServeBenchOptions, log: &mut dyn FnMut(&str)) -> Result<()> {
+    let server = Handle::start(service, "127.0.0.1:0".parse().expect("address")).map_err(|e| Error::Package { what: "the server".into(), reason: e.to_string() })?;
+    let url = format!("{}/v2/models/{name}/infer", server.url());
+    let started = Instant::now();
+    post(&agent(), &url, request, header).map_err(|reason| Error::Package { what: label.to_string(), reason })?;
+    report.first_request_ms.push((label.to_string(), started.elapsed().as_secs_f64() * 1e3));
+    for &c in &options.concurrency {
+        log(&format!("{label}: concurrency {c}"));
+        report.loads.push(load(label, &url, request, header, c, options.requests));
+    }
+    let _ = server.stop();
+    Ok(())
+}
+
 /// A binary OIP request for generated inputs: the body and the JSON header's length.
 fn binary_request(specs: &[crate::plan::file::TensorSpec]) -> Result<(Vec<u8>, usize)> {
-    let mut inputs = Vec::new();
-    let mut data = Vec::new();
-    for spec in specs {
-        let wire = to_wire(spec, &verify::generate(spec, 1)?)?;
-        inputs.push(json!({
-            "name": spec.name, "shape": wire.shape, "datatype": oip::datatype(wire.dtype),
-            "parameters": { "binary_data_size": wire.data.len() },
-        }));
-        data.extend_from_slice(&wire.data);
-    }
-    let mut body = serde_json::to_vec(&json!({ "inputs": inputs, "parameters": { "binary_data_output": true } })).expect("JSON");
-    let header = body.len();
-    body.extend_from_slice(&data);
-    Ok((body, header))
+    let inputs = specs.iter().map(|spec| to_wire(spec, &verify::generate(spec, 1)?)).collect::<Result<Vec<_>>>()?;
+    let encoded = oip::encode_request("bench", &inputs);
+    Ok((encoded.body, encoded.header_length.unwrap_or(0)))
 }
 
 fn agent() -> ureq::Agent {

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod oip;
 pub mod prepare;
 mod remote;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -414,6 +415,11 @@ pub async fn serve(service: Arc<Service>, listener: tokio::net::TcpListener, shu
     map_large_allocations();
     let reaper = tokio::spawn(reclaim_idle(service.clone()));
     let drained = service.clone();
+    use axum::serve::ListenerExt;
+    // Small answers must not wait for the peer's delayed ACK (Nagle's algorithm).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let result = axum::serve(listener, http::router(service.clone()))
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -18,6 +18,8 @@ pub struct RemoteStage {
     replicas: Vec<String>,
     hop_timeout: Duration,
     next: AtomicUsize,
+    /// Keeps connections to the replicas alive between requests.
+    agent: ureq::Agent,
     metrics: Arc<Metrics>,
 }
 
@@ -35,7 +37,13 @@ impl RemoteStage {
     pub fn new(name: String, replicas: Vec<String>, hop_timeout: Duration, metrics: Arc<Metrics>) -> RemoteStage {
         metrics.add_model(&name);
         let replicas = replicas.into_iter().map(|r| r.trim_end_matches('/').to_string()).collect();
-        RemoteStage { name, replicas, hop_timeout, next: AtomicUsize::new(0), metrics }
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(hop_timeout.min(Duration::from_secs(2))))
+            .max_idle_connections_per_host(64)
+            .build()
+            .into();
+        RemoteStage { name, replicas, hop_timeout, next: AtomicUsize::new(0), agent, metrics }
     }
 
     /// The segment's name.
@@ -81,14 +89,8 @@ impl RemoteStage {
     }
 
     fn attempt(&self, replica: &str, request: &oip::Encoded, timeout: Duration) -> Attempt {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .timeout_connect(Some(timeout.min(Duration::from_secs(2))))
-            .build()
-            .into();
         let url = format!("{replica}/v2/models/{}/infer", self.name);
-        let mut post = agent.post(&url);
+        let mut post = self.agent.post(&url).config().timeout_global(Some(timeout)).build();
         if let Some(n) = request.header_length {
             post = post.header("Inference-Header-Content-Length", n.to_string());
         }
