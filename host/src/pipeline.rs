@@ -37,12 +37,7 @@ impl Pipeline {
         let plan = Plan::load(dir)?;
         let stages = match mode {
             Mode::Segments => {
-                let path = artifacts::runtime_path(dir);
-                let wasm = std::fs::read(&path).map_err(|e| Error::Package {
-                    what: "the segment runtime".into(),
-                    reason: format!("{}: {e} (run `netless build` first)", path.display()),
-                })?;
-                let runtime = engine.load_runtime(&wasm)?;
+                let runtime = engine.load_runtime(&artifacts::read_runtime(dir)?)?;
                 plan.segments
                     .iter()
                     .map(|seg| {

@@ -20,6 +20,15 @@ pub fn runtime_path(dir: &Path) -> PathBuf {
     dir.join(DIR).join("runtime.wasm")
 }
 
+/// The generic runtime of a built plan folder, or an error saying to build it first.
+pub fn read_runtime(dir: &Path) -> Result<Vec<u8>> {
+    let path = runtime_path(dir);
+    std::fs::read(&path).map_err(|e| Error::Package {
+        what: "the segment runtime".into(),
+        reason: format!("{}: {e} (run `netless build` first)", path.display()),
+    })
+}
+
 /// Path of segment `index`'s self-contained component.
 pub fn segment_path(dir: &Path, index: usize) -> PathBuf {
     dir.join(DIR).join(format!("seg-{index:02}.wasm"))

@@ -94,12 +94,7 @@ impl Service {
     /// segment's data component. No instance starts until a request needs one.
     pub fn load(engine: &Engine, dir: &Path, options: ServeOptions) -> Result<Service> {
         let plan = Plan::load(dir)?;
-        let path = artifacts::runtime_path(dir);
-        let wasm = std::fs::read(&path).map_err(|e| Error::Package {
-            what: "the segment runtime".into(),
-            reason: format!("{}: {e} (run `netless build` first)", path.display()),
-        })?;
-        let runtime = engine.load_runtime(&wasm)?;
+        let runtime = engine.load_runtime(&artifacts::read_runtime(dir)?)?;
         let name = options.name.clone().unwrap_or_else(|| model_name(&plan.model.name));
         let metrics = Arc::new(Metrics::new());
         let mut stages = Vec::new();
