@@ -191,6 +191,9 @@ struct UpArgs {
     /// Instances of one segment that may run at once.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     max_instances: u64,
+    /// Instances of each segment started at once and kept warm however idle (0: scale to zero).
+    #[arg(long, default_value_t = 0)]
+    min_instances: usize,
     /// Requests that may wait for an instance of one segment; more get 503.
     #[arg(long, default_value_t = 64)]
     queue_size: usize,
@@ -619,7 +622,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     eprintln!("{verb} {}", prepared.dir.display());
     let options = ServeOptions {
         name: args.name,
-        scaling: Scaling { max_instances: args.max_instances as usize, queue_size: args.queue_size, idle_timeout: args.idle_timeout },
+        scaling: Scaling { min_instances: args.min_instances, max_instances: args.max_instances as usize, queue_size: args.queue_size, idle_timeout: args.idle_timeout },
         deadline: args.deadline,
         max_body: args.max_body_size,
         pipelining: !args.no_pipelining,
@@ -646,7 +649,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     }
     let options = ServeOptions {
         name: args.name,
-        scaling: Scaling { max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) },
+        scaling: Scaling { min_instances: 0, max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) },
         deadline: args.deadline,
         max_body: args.max_body_size,
         pipelining: true,

@@ -60,7 +60,7 @@ fn a_gateway_chains_worker_processes_and_survives_their_failures() {
     let mut last = Worker::start(dir.path(), "1", ports[2]);
     let options = ServeOptions {
         name: None,
-        scaling: Scaling { max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) },
+        scaling: Scaling { min_instances: 0, max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) },
         deadline: Duration::from_secs(20),
         max_body: 64 << 20,
         pipelining: true,
@@ -185,7 +185,7 @@ fn segments_on_hosts_in_network_namespaces_survive_a_cut_link() {
     let _workers = Children(workers);
     let options = ServeOptions {
         name: None,
-        scaling: Scaling { max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) },
+        scaling: Scaling { min_instances: 0, max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) },
         deadline: Duration::from_secs(6),
         max_body: 64 << 20,
         pipelining: true,

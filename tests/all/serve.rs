@@ -39,7 +39,7 @@ pub fn built() -> Option<tempfile::TempDir> {
 fn options() -> ServeOptions {
     ServeOptions {
         name: None,
-        scaling: Scaling { max_instances: 2, queue_size: 64, idle_timeout: Duration::from_secs(60) },
+        scaling: Scaling { min_instances: 0, max_instances: 2, queue_size: 64, idle_timeout: Duration::from_secs(60) },
         deadline: Duration::from_secs(60),
         max_body: 64 << 20,
         pipelining: true,
@@ -284,7 +284,7 @@ fn bad_requests_get_their_status_and_the_server_keeps_serving() {
 #[test]
 fn a_full_queue_gets_503_and_a_passed_deadline_504() {
     let Some(dir) = built() else { return };
-    let scaling = Scaling { max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) };
+    let scaling = Scaling { min_instances: 0, max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) };
     let server = start(dir.path(), ServeOptions { scaling, ..options() });
     let infer = format!("{}/v2/models/{MODEL}/infer", server.url());
     let (inputs, expected) = reference(dir.path(), 5);
@@ -314,7 +314,7 @@ fn a_full_queue_gets_503_and_a_passed_deadline_504() {
 #[test]
 fn concurrent_clients_get_their_own_answers_and_instances_scale_to_zero() {
     let Some(dir) = built() else { return };
-    let scaling = Scaling { max_instances: 2, queue_size: 64, idle_timeout: Duration::from_millis(400) };
+    let scaling = Scaling { min_instances: 0, max_instances: 2, queue_size: 64, idle_timeout: Duration::from_millis(400) };
     let server = start(dir.path(), ServeOptions { scaling, ..options() });
     let infer = format!("{}/v2/models/{MODEL}/infer", server.url());
     let cases: Vec<_> = (0..32).map(|seed| reference(dir.path(), seed)).collect();
@@ -370,5 +370,34 @@ fn a_failing_segment_gets_500_naming_it_and_the_other_stages_keep_serving() {
     let text = String::from_utf8(get(&format!("{url}/metrics")).body).unwrap();
     assert!(text.contains(&format!("nv_inference_request_failure{{model=\"{MODEL}-seg-1\",version=\"1\"}} 2")), "{text}");
     assert!(text.contains(&format!("nv_inference_request_failure{{model=\"{MODEL}\",version=\"1\"}} 2")), "{text}");
+    server.stop().unwrap();
+}
+
+#[test]
+fn min_instances_are_started_at_once_and_kept_warm() {
+    let Some(dir) = built() else { return };
+    let scaling = Scaling { min_instances: 1, max_instances: 2, queue_size: 64, idle_timeout: Duration::from_millis(200) };
+    let server = start(dir.path(), ServeOptions { scaling, ..options() });
+    let functions = server.service().functions();
+    let warm = |count: usize| {
+        let started = std::time::Instant::now();
+        while functions.iter().any(|f| f.live_instances() != count) {
+            assert!(started.elapsed() < Duration::from_secs(20), "instances: {:?}", functions.iter().map(|f| f.live_instances()).collect::<Vec<_>>());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    warm(1);
+    let (inputs, expected) = reference(dir.path(), 2);
+    let (body, header) = binary_request(&inputs, "warm");
+    let infer = format!("{}/v2/models/{MODEL}/infer", server.url());
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| assert_matches(&expected, &outputs(&post(&infer, &body, Some(header)))));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    warm(1);
+    let text = String::from_utf8(get(&format!("{}/metrics", server.url())).body).unwrap();
+    assert!(text.contains(&format!("netless_live_instances{{model=\"{MODEL}-seg-0\",version=\"1\"}} 1")), "{text}");
     server.stop().unwrap();
 }

@@ -133,7 +133,7 @@ pub fn run(options: &ServeBenchOptions, cache: PathBuf, log: &mut dyn FnMut(&str
 fn serve_options(name: &str, max_instances: usize, pipelining: bool) -> ServeOptions {
     ServeOptions {
         name: Some(name.to_string()),
-        scaling: Scaling { max_instances, queue_size: 1024, idle_timeout: Duration::from_secs(600) },
+        scaling: Scaling { min_instances: 0, max_instances, queue_size: 1024, idle_timeout: Duration::from_secs(600) },
         deadline: Duration::from_secs(600),
         max_body: 1 << 30,
         pipelining,

@@ -15,6 +15,8 @@ use crate::runtime::{Segment, SegmentFactory, Tensor};
 /// How a function scales.
 #[derive(Debug, Clone, Copy)]
 pub struct Scaling {
+    /// Instances started with the server and never reclaimed (0: scale to zero).
+    pub min_instances: usize,
     /// Instances that may run at once.
     pub max_instances: usize,
     /// Requests that may wait for an instance; more are refused as overloaded.
@@ -140,13 +142,28 @@ impl Function {
         result.map_err(|error| ServeError::Segment { function: self.name.clone(), error })
     }
 
-    /// Drops the instances idle for longer than the idle timeout; returns how many.
+    /// Starts instances until `min_instances` are alive (blocking: a cold start each).
+    pub fn warm_up(&self) -> Result<(), ServeError> {
+        while self.live_instances() < self.scaling.min_instances.min(self.scaling.max_instances) {
+            let segment = self.cold_start()?;
+            self.pool.lock().expect("pool lock").idle.push((segment, Instant::now()));
+        }
+        Ok(())
+    }
+
+    /// Drops the instances idle for longer than the idle timeout, keeping `min_instances`
+    /// alive; returns how many were dropped.
     pub fn reclaim(&self) -> usize {
         let expired: Vec<Segment> = {
             let mut pool = self.pool.lock().expect("pool lock");
-            let (old, fresh) = std::mem::take(&mut pool.idle)
-                .into_iter()
-                .partition(|(_, since)| since.elapsed() >= self.scaling.idle_timeout);
+            let mut spare = pool.live.saturating_sub(self.scaling.min_instances);
+            let idle_timeout = self.scaling.idle_timeout;
+            // Oldest first, so the instances kept are the most recently used.
+            let (old, fresh) = std::mem::take(&mut pool.idle).into_iter().partition(|(_, since)| {
+                let drop = spare > 0 && since.elapsed() >= idle_timeout;
+                spare -= drop as usize;
+                drop
+            });
             pool.idle = fresh;
             pool.live -= old.len();
             old.into_iter().map(|(segment, _)| segment).collect()

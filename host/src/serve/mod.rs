@@ -408,6 +408,14 @@ impl Drop for Handle {
 /// flight. Idle instances are reclaimed in the background.
 pub async fn serve(service: Arc<Service>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     map_large_allocations();
+    let warm = service.clone();
+    tokio::task::spawn_blocking(move || {
+        for function in warm.functions() {
+            if let Err(e) = function.warm_up() {
+                tracing::error!(function = function.name(), error = %e, "warming up");
+            }
+        }
+    });
     let reaper = tokio::spawn(reclaim_idle(service.clone()));
     let drained = service.clone();
     use axum::serve::ListenerExt;
