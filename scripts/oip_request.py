@@ -18,8 +18,13 @@ TYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np
 
 def main(url, model, *given):
     files = dict(arg.split("=", 1) for arg in given)
-    with urllib.request.urlopen(f"{url}/v2/models/{model}") as response:
-        metadata = json.load(response)
+    try:
+        with urllib.request.urlopen(f"{url}/v2/models/{model}") as response:
+            metadata = json.load(response)
+    except urllib.error.HTTPError as error:
+        sys.exit(f"error {error.code}: {json.load(error)['error']}")
+    except urllib.error.URLError as error:
+        sys.exit(f"cannot reach {url}: {error.reason}")
     inputs = []
     for spec in metadata["inputs"]:
         if spec["name"] in files:

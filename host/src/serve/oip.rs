@@ -5,7 +5,8 @@
 //! is in the `Inference-Header-Content-Length` HTTP header, and each binary tensor says its size in
 //! its `binary_data_size` parameter, in the order the tensors appear in the JSON.
 
-use serde::Deserialize;
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
 use crate::runtime::{DType, Tensor};
@@ -271,56 +272,91 @@ fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-/// A tensor's elements as JSON values (non-finite floats become `null`, as JSON has no NaN).
-fn bytes_to_json(tensor: &Tensor) -> Vec<Value> {
-    let chunks = tensor.data.chunks_exact(tensor.dtype.size());
-    macro_rules! each {
-        ($t:ty) => {
-            chunks.map(|c| json!(<$t>::from_le_bytes(c.try_into().expect("chunk of the type's size")))).collect()
-        };
+/// A tensor's elements as a JSON array, each in its own type: f32 in its shortest form, and
+/// non-finite floats as `null` (JSON has no NaN).
+struct Elements<'a>(&'a Tensor);
+
+impl Serialize for Elements<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let tensor = self.0;
+        let chunks = tensor.data.chunks_exact(tensor.dtype.size());
+        let mut seq = serializer.serialize_seq(Some(chunks.len()))?;
+        macro_rules! each {
+            ($t:ty) => {
+                for c in chunks {
+                    seq.serialize_element(&<$t>::from_le_bytes(c.try_into().expect("chunk of the type's size")))?;
+                }
+            };
+        }
+        match tensor.dtype {
+            DType::Boolean => {
+                for c in chunks {
+                    seq.serialize_element(&(c[0] != 0))?;
+                }
+            }
+            DType::U8 => each!(u8),
+            DType::U16 => each!(u16),
+            DType::U32 => each!(u32),
+            DType::U64 => each!(u64),
+            DType::I8 => each!(i8),
+            DType::I16 => each!(i16),
+            DType::I32 => each!(i32),
+            DType::I64 => each!(i64),
+            DType::F16 => {
+                for c in chunks {
+                    seq.serialize_element(&half::f16::from_le_bytes([c[0], c[1]]).to_f32())?;
+                }
+            }
+            DType::Bf16 => {
+                for c in chunks {
+                    seq.serialize_element(&half::bf16::from_le_bytes([c[0], c[1]]).to_f32())?;
+                }
+            }
+            DType::F32 => each!(f32),
+            DType::F64 => each!(f64),
+        }
+        seq.end()
     }
-    match tensor.dtype {
-        DType::Boolean => chunks.map(|c| Value::Bool(c[0] != 0)).collect(),
-        DType::U8 => each!(u8),
-        DType::U16 => each!(u16),
-        DType::U32 => each!(u32),
-        DType::U64 => each!(u64),
-        DType::I8 => each!(i8),
-        DType::I16 => each!(i16),
-        DType::I32 => each!(i32),
-        DType::I64 => each!(i64),
-        DType::F16 => chunks.map(|c| json!(half::f16::from_le_bytes([c[0], c[1]]).to_f64())).collect(),
-        DType::Bf16 => chunks.map(|c| json!(half::bf16::from_le_bytes([c[0], c[1]]).to_f64())).collect(),
-        DType::F32 => each!(f32),
-        DType::F64 => each!(f64),
-    }
+}
+
+#[derive(Serialize)]
+struct ResponseOut<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<OutputOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutputOut<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [u64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Elements<'a>>,
 }
 
 /// Encodes a response: each output with whether it goes as binary data.
 pub fn encode(model: &str, version: &str, id: Option<&str>, outputs: &[(Tensor, bool)]) -> Encoded {
     let mut binary = Vec::new();
-    let outputs: Vec<Value> = outputs
+    let outputs = outputs
         .iter()
         .map(|(tensor, as_binary)| {
-            let mut output = json!({
-                "name": tensor.name,
-                "datatype": datatype(tensor.dtype),
-                "shape": tensor.shape,
-            });
+            let mut output = OutputOut { name: &tensor.name, datatype: datatype(tensor.dtype), shape: &tensor.shape, parameters: None, data: None };
             if *as_binary {
-                output["parameters"] = json!({ "binary_data_size": tensor.data.len() });
+                output.parameters = Some(json!({ "binary_data_size": tensor.data.len() }));
                 binary.extend_from_slice(&tensor.data);
             } else {
-                output["data"] = Value::Array(bytes_to_json(tensor));
+                output.data = Some(Elements(tensor));
             }
             output
         })
         .collect();
-    let mut response = json!({ "model_name": model, "model_version": version, "outputs": outputs });
-    if let Some(id) = id {
-        response["id"] = json!(id);
-    }
-    let mut body = serde_json::to_vec(&response).expect("a JSON value always serialises");
+    let response = ResponseOut { model_name: model, model_version: version, id, outputs };
+    let mut body = serde_json::to_vec(&response).expect("a response always serialises");
     let header_length = (!binary.is_empty()).then_some(body.len());
     body.extend_from_slice(&binary);
     Encoded { body, header_length }
@@ -409,6 +445,17 @@ mod tests {
         let encoded = encode("m", "1", None, &[(tensor, false)]);
         let json: Value = serde_json::from_slice(&encoded.body).unwrap();
         assert_eq!(json["outputs"][0]["data"], json!([1.5, -2.0, 3.25, 0.0]));
+    }
+
+    #[test]
+    fn json_outputs_are_written_in_their_own_type() {
+        let tensor = Tensor::from_f32("y", vec![3], &[0.1, f32::NAN, -2.5]);
+        let half = Tensor { name: "h".into(), dtype: DType::F16, shape: vec![1], data: half::f16::from_f32(0.5).to_le_bytes().to_vec() };
+        let encoded = encode("m", "1", None, &[(tensor, false), (half, false)]);
+        let text = String::from_utf8(encoded.body).unwrap();
+        assert!(text.contains(r#""data":[0.1,null,-2.5]"#), "{text}");
+        assert!(text.contains(r#""data":[0.5]"#), "{text}");
+        assert!(!text.contains(r#""id""#), "no id was given: {text}");
     }
 
     #[test]
