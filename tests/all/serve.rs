@@ -36,7 +36,7 @@ pub fn built() -> Option<tempfile::TempDir> {
     Some(dir)
 }
 
-fn options() -> ServeOptions {
+pub fn options() -> ServeOptions {
     ServeOptions {
         name: None,
         scaling: Scaling { min_instances: 0, max_instances: 2, queue_size: 64, idle_timeout: Duration::from_secs(60) },
