@@ -606,6 +606,9 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     init_logs();
     let path = args.runtime.clone().unwrap_or_else(|| component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"));
     let runtime = || std::fs::read(&path).with_context(|| format!("reading the segment runtime {} (build it with scripts/build-components.sh)", path.display()));
+    if !args.target.exists() {
+        bail!("{}: no such model file or split folder", args.target.display());
+    }
     let prepared = if args.target.is_dir() {
         if prepare::is_built(&args.target) { prepare::Prepared { dir: args.target.clone(), cached: true } } else { prepare::built_folder(&args.target, &runtime()?)? }
     } else {

@@ -401,3 +401,14 @@ fn min_instances_are_started_at_once_and_kept_warm() {
     assert!(text.contains(&format!("netless_live_instances{{model=\"{MODEL}-seg-0\",version=\"1\"}} 1")), "{text}");
     server.stop().unwrap();
 }
+
+#[test]
+fn up_names_what_is_wrong_with_its_arguments() {
+    let missing = crate::common::failure(&crate::common::netless(&["up", "/nonexistent/model.onnx"]));
+    assert!(missing.contains("/nonexistent/model.onnx: no such model file or split folder"), "{missing}");
+    let Some(model) = model(&format!("{MODEL}.onnx")) else { return };
+    let no_limit = crate::common::failure(&crate::common::netless(&["up", model.to_str().unwrap()]));
+    assert!(no_limit.contains("--max-memory is needed"), "{no_limit}");
+    let stage = crate::common::failure(&crate::common::netless(&["gateway", ".", "--stage", "0=ftp://host"]));
+    assert!(stage.contains("is not an http:// URL"), "{stage}");
+}
