@@ -62,7 +62,8 @@ enum Command {
         #[arg(long)]
         model: Option<PathBuf>,
     },
-    /// Build every segment of a split into a self-contained WASI component (OUT/components/).
+    /// Build every segment of a split into a self-contained WASI component (OUT/components/), and
+    /// with --spin the Spin app (OUT/spin.toml, OUT/spin/).
     Build {
         /// The split's output folder.
         dir: PathBuf,
@@ -70,6 +71,8 @@ enum Command {
         /// build folder).
         #[arg(long)]
         runtime: Option<PathBuf>,
+        #[command(flatten)]
+        spin: SpinBuildArgs,
     },
     /// Link all segment components into one pipeline component (OUT/pipeline.wasm).
     Compose {
@@ -216,6 +219,17 @@ struct UpArgs {
     /// Serve only these segments, each as its own model: a worker of a distributed pipeline.
     #[arg(long, value_delimiter = ',', conflicts_with = "distributed")]
     only_segments: Option<Vec<usize>>,
+    /// Run the split's Spin app (OUT/spin.toml, built first if missing; or a spin.toml given as the
+    /// target) in NetLess's wasi:http host, as `spin up` would.
+    #[arg(long, conflicts_with_all = ["distributed", "only_segments"])]
+    spin: bool,
+    /// A value for an application variable of the Spin app, NAME=VALUE (repeatable; also read from
+    /// SPIN_VARIABLE_NAME, as Spin does).
+    #[arg(long = "variable", value_parser = parse_variable, requires = "spin")]
+    variables: Vec<(String, String)>,
+    /// Memory limit of a Spin component that the plan does not size (the gateway).
+    #[arg(long, value_parser = parse_size, default_value = "128MiB", requires = "spin")]
+    component_memory: u64,
     /// Run the segments in N worker processes (`up --only-segments`, segment i on worker i mod N,
     /// and on more workers when N exceeds the segments) and serve the pipeline from this process as
     /// their gateway, chained over HTTP.
@@ -224,6 +238,25 @@ struct UpArgs {
     /// Time one hop to a remote segment may take (with --distributed).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     hop_timeout: Duration,
+}
+
+#[derive(Args)]
+struct SpinBuildArgs {
+    /// Also build the Spin app: each segment as an HTTP component, the gateway, and OUT/spin.toml.
+    #[arg(long)]
+    spin: bool,
+    /// The HTTP segment component (default: $NETLESS_HTTP_SEGMENT_WASM, else beside the runtime).
+    #[arg(long, requires = "spin")]
+    http_segment: Option<PathBuf>,
+    /// The gateway component (default: $NETLESS_GATEWAY_WASM, else beside the runtime).
+    #[arg(long, requires = "spin")]
+    gateway: Option<PathBuf>,
+    /// Also write the app's manifest here (sources relative to it), e.g. a repository's spin.toml.
+    #[arg(long, requires = "spin")]
+    manifest: Option<PathBuf>,
+    /// The `spin build` command of every component in --manifest.
+    #[arg(long, requires = "manifest", default_value = "bash scripts/build-spin-app.sh")]
+    build_command: String,
 }
 
 #[derive(Args)]
@@ -353,6 +386,11 @@ fn parse_shape(s: &str) -> Result<(String, Vec<u64>), String> {
     Ok((name.to_string(), dims))
 }
 
+fn parse_variable(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
+    Ok((name.trim().to_string(), value.to_string()))
+}
+
 fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
     let (name, path) = s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=FILE.npy"))?;
     Ok((name.to_string(), PathBuf::from(path)))
@@ -390,7 +428,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {} segments and plan.json to {}", written.segments.len(), out.display());
             Ok(())
         }
-        Command::Build { dir, runtime } => {
+        Command::Build { dir, runtime, spin } => {
             let plan = Plan::load(&dir)?;
             let path = runtime.unwrap_or_else(|| component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"));
             let wasm = std::fs::read(&path).with_context(|| format!("reading the segment runtime {} (build it with scripts/build-components.sh)", path.display()))?;
@@ -400,6 +438,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{:>3} {:>14} {:>14} {:>10.1}", b.index, b.component_bytes, b.data_bytes, b.seconds * 1e3);
             }
             println!("built {} components in {}", built.len(), dir.join(artifacts::DIR).display());
+            if spin.spin {
+                build_spin(&dir, &plan, &spin)?;
+            }
             Ok(())
         }
         Command::Compose { dir, composer } => {
@@ -507,6 +548,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn build_spin(dir: &Path, plan: &Plan, args: &SpinBuildArgs) -> anyhow::Result<()> {
+    use netless::package::spin_app::{self, SpinOptions};
+    let read = |given: &Option<PathBuf>, env: &str, name: &str| {
+        let path = given.clone().unwrap_or_else(|| component_path(env, name));
+        std::fs::read(&path).with_context(|| format!("reading {} (build it with scripts/build-components.sh)", path.display()))
+    };
+    let http = read(&args.http_segment, "NETLESS_HTTP_SEGMENT_WASM", "netless_http_segment.wasm")?;
+    let gateway = read(&args.gateway, "NETLESS_GATEWAY_WASM", "netless_gateway.wasm")?;
+    let extra = match &args.manifest {
+        Some(manifest) => {
+            let base = manifest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let base = base.canonicalize().with_context(|| format!("{}: no such folder", base.display()))?;
+            let out = dir.canonicalize()?;
+            let prefix = match out.strip_prefix(&base) {
+                Ok(relative) if relative.as_os_str().is_empty() => String::new(),
+                Ok(relative) => format!("{}/", relative.display()),
+                Err(_) => format!("{}/", out.display()),
+            };
+            Some((manifest.as_path(), SpinOptions { prefix, build_command: args.build_command.clone(), ..SpinOptions::in_split() }))
+        }
+        None => None,
+    };
+    let built = spin_app::build(dir, plan, &http, &gateway, extra.as_ref().map(|(p, o)| (*p, o)))?;
+    for (id, bytes) in &built.components {
+        println!("{id:>10} {bytes:>14}");
+    }
+    println!("wrote the Spin app {}{}", built.manifest.display(), args.manifest.as_ref().map_or(String::new(), |m| format!(" and {}", m.display())));
+    Ok(())
+}
+
 /// A guest component: from `env`, else in the wasm32-wasip2 release folder of the build this binary
 /// belongs to (`target/debug/netless` -> `target/wasm32-wasip2/release/NAME`).
 fn component_path(env: &str, name: &str) -> PathBuf {
@@ -609,6 +680,9 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     if !args.target.exists() {
         bail!("{}: no such model file or split folder", args.target.display());
     }
+    if args.spin && args.target.extension().is_some_and(|e| e == "toml") {
+        return up_spin(&args.target, &args);
+    }
     let prepared = if args.target.is_dir() {
         if prepare::is_built(&args.target) { prepare::Prepared { dir: args.target.clone(), cached: true } } else { prepare::built_folder(&args.target, &runtime()?)? }
     } else {
@@ -624,13 +698,21 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     let verb = if prepared.cached { "using" } else { "built" };
     eprintln!("{verb} {}", prepared.dir.display());
     let options = ServeOptions {
-        name: args.name,
+        name: args.name.clone(),
         scaling: Scaling { min_instances: args.min_instances, max_instances: args.max_instances as usize, queue_size: args.queue_size, idle_timeout: args.idle_timeout },
         deadline: args.deadline,
         max_body: args.max_body_size,
         pipelining: !args.no_pipelining,
-        only_segments: args.only_segments,
+        only_segments: args.only_segments.clone(),
     };
+    if args.spin {
+        let manifest = prepared.dir.join("spin.toml");
+        if !manifest.exists() {
+            let plan = Plan::load(&prepared.dir)?;
+            build_spin(&prepared.dir, &plan, &SpinBuildArgs { spin: true, http_segment: None, gateway: None, manifest: None, build_command: String::new() })?;
+        }
+        return up_spin(&manifest, &args);
+    }
     if let Some(workers) = args.distributed {
         let plan = Plan::load(&prepared.dir)?;
         let mut pool = netless::serve::workers::WorkerPool::default();
@@ -639,6 +721,30 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let engine = Engine::new(cache_dir())?;
     serve_service(Service::load(&engine, &prepared.dir, options)?, args.listen)
+}
+
+fn up_spin(manifest: &Path, args: &UpArgs) -> anyhow::Result<()> {
+    use netless::serve::spin::{self, SpinApp, SpinOptions};
+    let options = SpinOptions {
+        variables: args.variables.iter().cloned().collect(),
+        deadline: args.deadline,
+        default_memory: args.component_memory,
+        max_body: args.max_body_size,
+    };
+    let app = SpinApp::load(manifest, &cache_dir(), options)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let listener = tokio.block_on(tokio::net::TcpListener::bind(args.listen)).with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "serving Spin app {} on http://{addr}", app.name());
+    for (route, component) in app.routes() {
+        let _ = writeln!(out, "  {route} -> {component}");
+    }
+    let _ = out.flush();
+    drop(out);
+    tokio.block_on(spin::serve(app, listener, shutdown_signal()))?;
+    eprintln!("stopped");
+    Ok(())
 }
 
 fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
@@ -651,7 +757,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         slot.extend(urls);
     }
     let options = ServeOptions {
-        name: args.name,
+        name: args.name.clone(),
         scaling: Scaling { min_instances: 0, max_instances: 1, queue_size: 0, idle_timeout: Duration::from_secs(60) },
         deadline: args.deadline,
         max_body: args.max_body_size,

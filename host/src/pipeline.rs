@@ -109,26 +109,6 @@ pub fn composed_budget(plan: &Plan) -> u64 {
     segments + COMPOSER_MEMORY * (plan.segments.len() as u64 - 1)
 }
 
-/// The wire type of an element type.
-pub fn wire_type(dtype: ElemType) -> Option<DType> {
-    Some(match dtype {
-        ElemType::F32 => DType::F32,
-        ElemType::F64 => DType::F64,
-        ElemType::F16 => DType::F16,
-        ElemType::Bf16 => DType::Bf16,
-        ElemType::U8 => DType::U8,
-        ElemType::I8 => DType::I8,
-        ElemType::U16 => DType::U16,
-        ElemType::I16 => DType::I16,
-        ElemType::U32 => DType::U32,
-        ElemType::I32 => DType::I32,
-        ElemType::U64 => DType::U64,
-        ElemType::I64 => DType::I64,
-        ElemType::Bool => DType::Boolean,
-        ElemType::String => return None,
-    })
-}
-
 fn tract_type(dtype: DType) -> DatumType {
     match dtype {
         DType::F32 => DatumType::F32,
@@ -149,7 +129,7 @@ fn tract_type(dtype: DType) -> DatumType {
 /// A tract tensor as wire bytes of the declared type.
 pub fn to_wire(spec: &TensorSpec, tensor: &TractTensor) -> Result<Tensor> {
     let bad = |reason: String| Error::Tensor { name: spec.name.clone(), reason };
-    let dtype = wire_type(spec.dtype).ok_or_else(|| bad(format!("type {} cannot cross a segment boundary", spec.dtype)))?;
+    let dtype = ElemType::wire_type(spec.dtype).ok_or_else(|| bad(format!("type {} cannot cross a segment boundary", spec.dtype)))?;
     let cast = tensor.cast_to_dt(tract_type(dtype)).map_err(|e| bad(format!("{e:#}")))?;
     Ok(Tensor {
         name: spec.name.clone(),

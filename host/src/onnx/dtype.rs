@@ -25,6 +25,27 @@ pub enum ElemType {
 }
 
 impl ElemType {
+    /// The type its tensors have on the wire and across the WIT boundary; `None` for strings.
+    pub fn wire_type(self) -> Option<netless_oip::DType> {
+        use netless_oip::DType;
+        Some(match self {
+            ElemType::F32 => DType::F32,
+            ElemType::F64 => DType::F64,
+            ElemType::F16 => DType::F16,
+            ElemType::Bf16 => DType::Bf16,
+            ElemType::U8 => DType::U8,
+            ElemType::I8 => DType::I8,
+            ElemType::U16 => DType::U16,
+            ElemType::I16 => DType::I16,
+            ElemType::U32 => DType::U32,
+            ElemType::I32 => DType::I32,
+            ElemType::U64 => DType::U64,
+            ElemType::I64 => DType::I64,
+            ElemType::Bool => DType::Boolean,
+            ElemType::String => return None,
+        })
+    }
+
     /// From ONNX's `TensorProto.DataType` code.
     pub fn from_onnx(code: i32) -> Option<ElemType> {
         use ElemType::*;

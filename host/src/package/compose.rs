@@ -98,3 +98,23 @@ pub fn pipeline(runtime: &[u8], composer: &[u8], datas: &[Vec<u8>]) -> Result<Ve
     graph.export(last, INFER_SEGMENT).map_err(step("exporting infer-segment"))?;
     graph.encode(EncodeOptions::default()).map_err(step("encoding"))
 }
+
+/// The interface a Spin HTTP component exports.
+pub const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2.0";
+
+/// Plugs a self-contained segment into the HTTP face (`netless-http-segment`, which imports
+/// `infer-segment`): one component exporting `wasi:http/incoming-handler`, as Spin runs it.
+pub fn http_segment(http: &[u8], segment: &[u8]) -> Result<Vec<u8>, ComposeError> {
+    let mut graph = CompositionGraph::new();
+    let http = Package::from_bytes("netless:http-segment", None, http, graph.types_mut()).map_err(step("reading the HTTP segment component"))?;
+    let http = graph.register_package(http).map_err(step("registering the HTTP segment component"))?;
+    let segment = Package::from_bytes("netless:segment", None, segment, graph.types_mut()).map_err(step("reading the segment component"))?;
+    let segment = graph.register_package(segment).map_err(step("registering the segment component"))?;
+    let segment = graph.instantiate(segment);
+    let infer = graph.alias_instance_export(segment, INFER_SEGMENT).map_err(step("finding the segment's export"))?;
+    let http = graph.instantiate(http);
+    graph.set_instantiation_argument(http, INFER_SEGMENT, infer).map_err(step("linking infer-segment into the HTTP component"))?;
+    let handler = graph.alias_instance_export(http, INCOMING_HANDLER).map_err(step("finding the HTTP component's export"))?;
+    graph.export(handler, INCOMING_HANDLER).map_err(step("exporting the HTTP handler"))?;
+    graph.encode(EncodeOptions::default()).map_err(step("encoding"))
+}

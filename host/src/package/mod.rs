@@ -3,6 +3,8 @@
 pub mod artifacts;
 pub mod compose;
 pub mod data_component;
+pub mod spin_app;
+pub mod spin_manifest;
 
 /// The `netless:inference` WIT package every component is built against.
 pub const INFERENCE_WIT: &str = include_str!("../../../wit/inference.wit");

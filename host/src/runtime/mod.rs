@@ -22,6 +22,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use segment::{Segment, SegmentError, SegmentStats};
+pub(crate) use segment::ticks;
 pub use tensor::{DType, SegmentInfo, Tensor, TensorSpec};
 
 use crate::package::data_component;
@@ -77,7 +78,7 @@ pub(crate) struct Ticker {
 }
 
 impl Ticker {
-    fn start(engine: wasmtime::Engine) -> Arc<Ticker> {
+    pub(crate) fn start(engine: wasmtime::Engine) -> Arc<Ticker> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::spawn(move || {
@@ -118,17 +119,7 @@ impl Engine {
             path: cache_dir.clone(),
             source,
         })?;
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(POOL_SLOTS)
-            .total_core_instances(POOL_SLOTS * 8)
-            .total_memories(POOL_SLOTS * 2)
-            .total_tables(POOL_SLOTS * 8)
-            .total_stacks(POOL_SLOTS)
-            .table_elements(1 << 18)
-            .max_component_instance_size(64 << 20)
-            .max_core_instances_per_component(4096)
-            .max_memories_per_component(1024)
-            .max_tables_per_component(4096);
+        let pool = pooling();
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -156,22 +147,7 @@ impl Engine {
     /// The cache key is the SHA-256 of wasmtime's compatibility hash (version, target, settings)
     /// and the component's bytes, so a changed engine or component never loads stale code.
     pub fn component(&self, wasm: &[u8]) -> Result<Component, EngineError> {
-        let mut key = Sha256Hasher(Sha256::new());
-        self.engine.precompile_compatibility_hash().hash(&mut key);
-        key.0.update(wasm);
-        let hash = hex(&key.0.finalize());
-        let path = self.cache_dir.join(format!("{hash}.cwasm"));
-        let compile = |source| EngineError::Compile {
-            hash: hash.clone(),
-            source,
-        };
-        if !path.exists() {
-            let code = self.engine.precompile_component(wasm).map_err(compile)?;
-            write_atomically(&path, &code)?;
-        }
-        // SAFETY: the file was written by `precompile_component` of an engine with the same
-        // compatibility hash (it is in the file name), into a cache folder this process owns.
-        unsafe { Component::deserialize_file(&self.engine, &path) }.map_err(compile)
+        compile_cached(&self.engine, &self.cache_dir, wasm)
     }
 
     /// Loads the generic runtime component (`netless-segment`, world `segment-runtime`).
@@ -311,6 +287,45 @@ impl Hasher for Sha256Hasher {
         first.copy_from_slice(&digest[..8]);
         u64::from_le_bytes(first)
     }
+}
+
+/// The pooling allocator's configuration: slots for many instances of segment-sized components.
+pub(crate) fn pooling() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(POOL_SLOTS)
+        .total_core_instances(POOL_SLOTS * 8)
+        .total_memories(POOL_SLOTS * 4)
+        .total_tables(POOL_SLOTS * 8)
+        .total_stacks(POOL_SLOTS)
+        .table_elements(1 << 18)
+        .max_component_instance_size(64 << 20)
+        .max_core_instances_per_component(4096)
+        .max_memories_per_component(1024)
+        .max_tables_per_component(4096);
+    pool
+}
+
+/// Compiles a component with `engine`, or loads its compiled code from `cache_dir`.
+///
+/// The cache key is the SHA-256 of wasmtime's compatibility hash (version, target, settings)
+/// and the component's bytes, so a changed engine or component never loads stale code.
+pub(crate) fn compile_cached(engine: &wasmtime::Engine, cache_dir: &Path, wasm: &[u8]) -> Result<Component, EngineError> {
+    let mut key = Sha256Hasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut key);
+    key.0.update(wasm);
+    let hash = hex(&key.0.finalize());
+    let path = cache_dir.join(format!("{hash}.cwasm"));
+    let compile = |source| EngineError::Compile {
+        hash: hash.clone(),
+        source,
+    };
+    if !path.exists() {
+        let code = engine.precompile_component(wasm).map_err(compile)?;
+        write_atomically(&path, &code)?;
+    }
+    // SAFETY: the file was written by `precompile_component` of an engine with the same
+    // compatibility hash (it is in the file name), into a cache folder this process owns.
+    unsafe { Component::deserialize_file(engine, &path) }.map_err(compile)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -411,6 +411,6 @@ impl Segment {
 }
 
 /// Epoch ticks covering `deadline`, plus one because the current tick may be nearly over.
-fn ticks(deadline: Duration) -> u64 {
+pub(crate) fn ticks(deadline: Duration) -> u64 {
     (deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).saturating_add(1)
 }

@@ -18,7 +18,6 @@ use tracing::Instrument;
 use super::metrics::VERSION;
 use super::oip::{self, HEADER_LENGTH};
 use super::{ServeError, Served, Service};
-use crate::pipeline::wire_type;
 use crate::plan::file::TensorSpec;
 
 type Shared = State<Arc<Service>>;
@@ -77,7 +76,7 @@ fn find<'a>(service: &'a Service, params: &HashMap<String, String>) -> Result<&'
 fn tensor_metadata(specs: &[TensorSpec]) -> Vec<serde_json::Value> {
     specs
         .iter()
-        .map(|s| json!({ "name": s.name, "datatype": wire_type(s.dtype).map_or("BYTES", oip::datatype), "shape": s.shape }))
+        .map(|s| json!({ "name": s.name, "datatype": s.dtype.wire_type().map_or("BYTES", oip::datatype), "shape": s.shape }))
         .collect()
 }
 
@@ -144,7 +143,7 @@ async fn infer(State(service): Shared, Path(params): Params, headers: HeaderMap,
 }
 
 /// Reads the whole body, refusing it as too large as soon as it is known to be over `limit`.
-async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ServeError> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ServeError> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ServeError::TooLarge { limit });

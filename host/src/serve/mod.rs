@@ -9,8 +9,9 @@ mod error;
 mod function;
 mod http;
 pub mod metrics;
-pub mod oip;
+pub use netless_oip as oip;
 pub mod prepare;
+pub mod spin;
 mod remote;
 pub mod workers;
 
@@ -29,7 +30,6 @@ use metrics::Metrics;
 use oip::InferRequest;
 
 use crate::package::artifacts;
-use crate::pipeline::wire_type;
 use crate::plan::Plan;
 use crate::plan::file::TensorSpec;
 use crate::runtime::{Engine, Limits, Tensor};
@@ -109,7 +109,7 @@ impl Service {
             let factory = engine
                 .segment_factory(&runtime, &data, limits)
                 .map_err(|cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause })?;
-            let function = Function::new(format!("{name}-seg-{}", seg.index), factory, options.scaling, metrics.clone());
+            let function = Function::new(oip::rest::segment_name(&name, seg.index), factory, options.scaling, metrics.clone());
             stages.push(Stage::Local(Arc::new(function)));
         }
         if let Some(missing) = options.only_segments.iter().flatten().find(|&&i| i >= plan.segments.len()) {
@@ -133,7 +133,7 @@ impl Service {
         let stages = replicas
             .into_iter()
             .enumerate()
-            .map(|(i, hosts)| Stage::Remote(Arc::new(RemoteStage::new(format!("{name}-seg-{i}"), hosts, hop_timeout, metrics.clone()))))
+            .map(|(i, hosts)| Stage::Remote(Arc::new(RemoteStage::new(oip::rest::segment_name(&name, i), hosts, hop_timeout, metrics.clone()))))
             .collect();
         let options = ServeOptions { only_segments: None, ..options };
         let mut service = Service::new(plan, name, stages, metrics, options);
@@ -150,7 +150,7 @@ impl Service {
         for (seg, stage) in plan.segments.iter().zip(&stages) {
             if !matches!(stage, Stage::Absent) {
                 models.push(Served {
-                    name: format!("{name}-seg-{}", seg.index),
+                    name: oip::rest::segment_name(&name, seg.index),
                     stages: seg.index..seg.index + 1,
                     inputs: seg.inputs.clone(),
                     outputs: seg.outputs.clone(),
@@ -298,7 +298,7 @@ fn check_inputs(model: &Served, inputs: Vec<Tensor>) -> Result<HashMap<String, T
                 names(&model.inputs)
             )));
         };
-        let want = wire_type(spec.dtype).map_or("BYTES", oip::datatype);
+        let want = spec.dtype.wire_type().map_or("BYTES", oip::datatype);
         if oip::datatype(tensor.dtype) != want {
             return Err(ServeError::BadRequest(format!(
                 "input `{}`: datatype {}, but model `{}` takes {want}",
@@ -321,7 +321,7 @@ fn check_inputs(model: &Served, inputs: Vec<Tensor>) -> Result<HashMap<String, T
         return Err(ServeError::BadRequest(format!(
             "missing input `{}` ({} {:?}) of model `{}`",
             missing.name,
-            wire_type(missing.dtype).map_or("BYTES", oip::datatype),
+            missing.dtype.wire_type().map_or("BYTES", oip::datatype),
             missing.shape,
             model.name
         )));
@@ -333,14 +333,7 @@ fn names(specs: &[TensorSpec]) -> String {
     specs.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
 }
 
-/// A model name usable in URLs: letters, digits, `-`, `_` and `.`; anything else becomes `_`.
-pub fn model_name(name: &str) -> String {
-    let clean: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
-        .collect();
-    if clean.is_empty() { "model".into() } else { clean }
-}
+pub use netless_oip::rest::model_name;
 
 /// A server running on its own thread and runtime, for tests, benchmarks and embedding.
 pub struct Handle {

@@ -1,0 +1,166 @@
+//! The NetLess gateway as a Spin HTTP component: it serves the whole model over OIP v2 (JSON and
+//! binary tensors) and runs it by calling each stage's segment over outbound HTTP with binary
+//! tensors.
+//!
+//! Configuration comes from Spin variables:
+//! - `pipeline`: the model's contract and its stages (JSON, `netless_oip::pipeline::PipelineSpec`),
+//!   written by `netless build --spin`;
+//! - `stage_{i}_urls`: where stage `i` is served, comma-separated replicas; under Spin
+//!   `http://seg-{i}.spin.internal` (service chaining), elsewhere any base URLs;
+//! - `deadline_ms`: the time a request may take end to end; `hop_timeout_ms`: the time one call to
+//!   one replica may take before the next replica is tried.
+//!
+//! Failures that are safe to retry (no connection, a timeout, 503, 404, a malformed answer) move on
+//! to the next replica; a segment that fails or rejects its inputs fails the request, naming it.
+
+mod outbound;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use netless_oip::pipeline::PipelineSpec;
+use netless_oip::rest::{self, Refusal, Route};
+use netless_oip::{HEADER_LENGTH, Tensor};
+use spin_sdk::http::{Request, Response};
+use spin_sdk::http_component;
+
+use outbound::Answer;
+
+#[http_component]
+fn handle(request: Request) -> Response {
+    let started = Instant::now();
+    let mut response = match serve(&request, started) {
+        Ok(response) => response,
+        Err(refusal) => {
+            let mut builder = Response::builder();
+            builder.status(refusal.status).header("content-type", "application/json");
+            if refusal.status == 503 {
+                builder.header("retry-after", "1");
+            }
+            builder.body(refusal.body()).build()
+        }
+    };
+    response.set_header("x-netless-gateway-ms", format!("{:.1}", started.elapsed().as_secs_f64() * 1e3));
+    response
+}
+
+/// The gateway's configuration, read from its Spin variables.
+struct Config {
+    pipeline: PipelineSpec,
+    replicas: Vec<Vec<String>>,
+    deadline: Duration,
+    hop_timeout: Duration,
+}
+
+fn variable(name: &str) -> Result<String, Refusal> {
+    spin_sdk::variables::get(name).map_err(|e| Refusal::new(500, format!("the gateway's variable `{name}` is not available: {e}")))
+}
+
+fn millis(name: &str) -> Result<Duration, Refusal> {
+    let value = variable(name)?;
+    value.trim().parse().map(Duration::from_millis).map_err(|_| Refusal::new(500, format!("the gateway's variable `{name}` is `{value}`, not a number of milliseconds")))
+}
+
+impl Config {
+    fn load() -> Result<Config, Refusal> {
+        let pipeline: PipelineSpec = serde_json::from_str(&variable("pipeline")?)
+            .map_err(|e| Refusal::new(500, format!("the gateway's variable `pipeline` is malformed: {e}")))?;
+        let mut replicas = Vec::new();
+        for i in 0..pipeline.stages.len() {
+            let name = format!("stage_{i}_urls");
+            let urls: Vec<String> = variable(&name)?.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).filter(|u| !u.is_empty()).collect();
+            if urls.is_empty() {
+                return Err(Refusal::new(500, format!("the gateway's variable `{name}` lists no URL")));
+            }
+            replicas.push(urls);
+        }
+        Ok(Config { pipeline, replicas, deadline: millis("deadline_ms")?, hop_timeout: millis("hop_timeout_ms")? })
+    }
+}
+
+fn serve(request: &Request, started: Instant) -> Result<Response, Refusal> {
+    let route = rest::route(&request.method().to_string(), request.path())?;
+    if matches!(route, Route::Live) {
+        return Ok(Response::new(200, ()));
+    }
+    let config = Config::load()?;
+    let spec = &config.pipeline;
+    let model = match route {
+        Route::Server => return Ok(json(200, &rest::server_metadata(env!("CARGO_PKG_VERSION")))),
+        Route::Live | Route::Ready => return Ok(Response::new(200, ())),
+        Route::Metadata(m) | Route::ModelReady(m) | Route::Infer(m) => m,
+    };
+    if model != spec.model {
+        return Err(Refusal::new(404, format!("unknown model `{model}`; this gateway serves `{}`", spec.model)));
+    }
+    match route {
+        Route::Metadata(_) => Ok(json(200, &rest::model_metadata(&spec.model, "netless_gateway", &spec.inputs, &spec.outputs))),
+        Route::ModelReady(_) => Ok(Response::new(200, ())),
+        _ => infer(request, &config, started + config.deadline),
+    }
+}
+
+fn infer(request: &Request, config: &Config, deadline: Instant) -> Result<Response, Refusal> {
+    let spec = &config.pipeline;
+    let header_length = match request.header(HEADER_LENGTH).map(|v| v.as_str().and_then(|s| s.trim().parse::<usize>().ok())) {
+        None => None,
+        Some(Some(n)) => Some(n),
+        Some(None) => return Err(Refusal::new(400, format!("{HEADER_LENGTH} is not a byte count"))),
+    };
+    let bad = |message| Refusal::new(400, message);
+    let decoded = netless_oip::decode(request.body(), header_length).map_err(bad)?;
+    let wanted = rest::requested_outputs(&spec.model, &spec.outputs, &decoded).map_err(bad)?;
+    let id = decoded.id.clone().unwrap_or_else(|| "gateway".to_string());
+    let mut env: HashMap<String, Tensor> = rest::check_inputs(&spec.model, &spec.inputs, decoded.inputs).map_err(bad)?;
+    for (stage, replicas) in spec.stages.iter().zip(&config.replicas) {
+        let inputs: Vec<Tensor> = stage.inputs.iter().filter_map(|name| env.get(name).cloned()).collect();
+        let body = netless_oip::encode_request(&id, &inputs);
+        let outputs = call(&stage.model, replicas, &body, config.hop_timeout, deadline)?;
+        env.extend(outputs.into_iter().map(|t| (t.name.clone(), t)));
+    }
+    let outputs = wanted
+        .into_iter()
+        .map(|(name, binary)| env.remove(&name).map(|t| (t, binary)).ok_or_else(|| Refusal::new(500, format!("no stage returned output `{name}`"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let encoded = netless_oip::encode(&spec.model, rest::VERSION, Some(&id), &outputs);
+    let mut builder = Response::builder();
+    builder.status(200);
+    match encoded.header_length {
+        Some(n) => builder.header(HEADER_LENGTH, n.to_string()).header("content-type", "application/octet-stream"),
+        None => builder.header("content-type", "application/json"),
+    };
+    Ok(builder.body(encoded.body).build())
+}
+
+/// Calls segment `model` on its replicas in turn, starting at a different one for each request.
+fn call(model: &str, replicas: &[String], request: &netless_oip::Encoded, hop_timeout: Duration, deadline: Instant) -> Result<Vec<Tensor>, Refusal> {
+    let first = outbound::spread(replicas.len());
+    let mut failures = Vec::new();
+    for k in 0..replicas.len() {
+        let replica = &replicas[(first + k) % replicas.len()];
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        let url = format!("{replica}/v2/models/{model}/infer");
+        match outbound::post(&url, request, remaining.min(hop_timeout)) {
+            Err(why) => failures.push(format!("{replica}: {why}")),
+            Ok(Answer { status: 200, header_length, body }) => match netless_oip::decode_response(&body, header_length) {
+                Ok(outputs) => return Ok(outputs),
+                Err(e) => failures.push(format!("{replica}: a malformed answer: {e}")),
+            },
+            Ok(answer @ Answer { status: 503 | 404, .. }) => failures.push(format!("{replica}: {}: {}", answer.status, answer.message())),
+            Ok(Answer { status: 504, .. }) => return Err(Refusal::new(504, format!("{model}: the request's deadline passed inside the segment"))),
+            Ok(answer) => return Err(Refusal::new(500, format!("{model} at {replica} answered {}: {}", answer.status, answer.message()))),
+        }
+    }
+    if Instant::now() >= deadline {
+        return Err(Refusal::new(504, format!("{model}: the request's deadline passed calling its replicas")));
+    }
+    Err(Refusal::new(503, format!("{model} is unavailable: no replica answered ({})", failures.join("; "))))
+}
+
+fn json(status: u16, value: &serde_json::Value) -> Response {
+    let body = serde_json::to_vec(value).expect("a JSON value always serialises");
+    Response::builder().status(status).header("content-type", "application/json").body(body).build()
+}
