@@ -23,7 +23,7 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-fn wasm_dir() -> PathBuf {
+pub fn wasm_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .or_else(|| option_env!("CARGO_TARGET_DIR").map(PathBuf::from))
@@ -122,4 +122,16 @@ pub fn roomy() -> Limits {
         memory_bytes: 1 << 30,
         deadline: Duration::from_secs(60),
     }
+}
+
+/// The HTTP segment component (Spin).
+pub fn http_segment_wasm() -> Option<PathBuf> {
+    let path = std::env::var_os("NETLESS_HTTP_SEGMENT_WASM").map(PathBuf::from).unwrap_or_else(|| wasm_dir().join("netless_http_segment.wasm"));
+    prerequisite(path, "cargo build --target wasm32-wasip2 --release -p netless-http-segment")
+}
+
+/// The gateway component (Spin).
+pub fn gateway_wasm() -> Option<PathBuf> {
+    let path = std::env::var_os("NETLESS_GATEWAY_WASM").map(PathBuf::from).unwrap_or_else(|| wasm_dir().join("netless_gateway.wasm"));
+    prerequisite(path, "cargo build --target wasm32-wasip2 --release -p netless-gateway")
 }

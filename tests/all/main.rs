@@ -9,5 +9,6 @@ mod partition_dp;
 mod pipeline;
 mod runtime;
 mod serve;
+mod spin;
 mod split_models;
 mod wac_text;

@@ -63,18 +63,21 @@ pub fn post(url: &str, request: &netless_oip::Encoded, timeout: Duration) -> Res
     let _ = options.set_between_bytes_timeout(nanos);
     let body = outgoing.body().map_err(|_| "the request body was already taken".to_string())?;
     let future = outgoing_handler::handle(outgoing, Some(options)).map_err(|e| format!("{e:?}"))?;
-    {
+    let sent = (|| {
         let mut stream = body.write().map_err(|_| "the request body stream was already taken".to_string())?;
         stream.write_all(&request.body).map_err(|e| format!("sending the request: {e}"))?;
         stream.flush().map_err(|e| format!("sending the request: {e}"))?;
-    }
-    OutgoingBody::finish(body, None).map_err(|e| format!("finishing the request: {e:?}"))?;
+        drop(stream);
+        OutgoingBody::finish(body, None).map_err(|e| format!("finishing the request: {e:?}"))
+    })();
+    // The host's reason (refused, denied, timed out) says more than a broken body stream.
     future.subscribe().block();
     let response = match future.get() {
         Some(Ok(Ok(response))) => response,
         Some(Ok(Err(e))) => return Err(format!("{e:?}")),
-        Some(Err(())) | None => return Err("the response was lost".to_string()),
+        Some(Err(())) | None => return Err(sent.err().unwrap_or_else(|| "the response was lost".to_string())),
     };
+    sent?;
     let status = response.status();
     let header_length = response
         .headers()

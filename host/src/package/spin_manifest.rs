@@ -127,14 +127,17 @@ impl Manifest {
     /// Reads and checks a `spin.toml`.
     pub fn read(path: &Path) -> Result<Manifest> {
         let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        let manifest: Manifest = toml::from_str(&text).map_err(|e| Error::Plan { path: path.into(), reason: format!("not a Spin manifest NetLess can run: {e}") })?;
+        let manifest: Manifest = toml_edit::de::from_str(&text).map_err(|e| Error::Plan { path: path.into(), reason: format!("not a Spin manifest NetLess can run: {e}") })?;
         manifest.check().map_err(|reason| Error::Plan { path: path.into(), reason })?;
         Ok(manifest)
     }
 
-    /// The manifest as TOML.
+    /// The manifest as TOML, laid out as Spin's documentation writes it: a `[table]` per
+    /// component, `[[trigger.http]]` entries, and routes and variable declarations inline.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a manifest always serialises")
+        let mut document = toml_edit::ser::to_document(self).expect("a manifest always serialises");
+        expand(document.as_table_mut(), true);
+        document.to_string()
     }
 
     /// Checks what Spin checks of the parts NetLess uses: the version, ids, and that every trigger
@@ -165,6 +168,39 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+/// Turns inline tables into `[tables]` and arrays of inline tables into `[[arrays]]`, except a
+/// route and the entries of the top-level `variables` table.
+fn expand(table: &mut toml_edit::Table, root: bool) {
+    use toml_edit::{ArrayOfTables, Item, Value};
+    let keys: Vec<String> = table.iter().map(|(k, _)| k.to_string()).collect();
+    for key in keys {
+        let item = table.get_mut(&key).expect("a key just listed");
+        let declarations = root && key == "variables";
+        match std::mem::take(item) {
+            Item::Value(Value::InlineTable(inline)) if key != "route" => {
+                let mut sub = inline.into_table();
+                if !declarations {
+                    expand(&mut sub, false);
+                }
+                let implicit = sub.iter().all(|(_, v)| v.is_table() || v.is_array_of_tables());
+                sub.set_implicit(implicit);
+                *item = Item::Table(sub);
+            }
+            Item::Value(Value::Array(array)) if !array.is_empty() && array.iter().all(Value::is_inline_table) => {
+                let mut tables = ArrayOfTables::new();
+                for value in array {
+                    let Value::InlineTable(inline) = value else { unreachable!("checked above") };
+                    let mut sub = inline.into_table();
+                    expand(&mut sub, false);
+                    tables.push(sub);
+                }
+                *item = Item::ArrayOfTables(tables);
+            }
+            other => *item = other,
+        }
     }
 }
 
@@ -201,7 +237,7 @@ mod tests {
 
     #[test]
     fn routes_read_as_paths_or_private() {
-        let manifest: Manifest = toml::from_str(
+        let manifest: Manifest = toml_edit::de::from_str(
             r#"
             spin_manifest_version = 2
             [application]
@@ -221,7 +257,10 @@ mod tests {
         .unwrap();
         assert_eq!(manifest.trigger.http[1].route, Route::Private { private: true });
         assert!(manifest.check().is_ok());
-        let again: Manifest = toml::from_str(&manifest.to_toml()).unwrap();
+        let text = manifest.to_toml();
+        assert!(text.contains("route = { private = true }"), "{text}");
+        assert!(text.contains("[component.seg-0]"), "{text}");
+        let again: Manifest = toml_edit::de::from_str(&text).unwrap();
         assert_eq!(again, manifest);
     }
 }

@@ -334,7 +334,8 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Writes `path` through a temporary file and a rename, so a reader never sees half a file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
     let cache = |source| EngineError::Cache {
         path: path.to_path_buf(),
         source,

@@ -117,6 +117,7 @@ impl SpinApp {
     /// resolves variables, and sizes NetLess segments from the `plan.json` beside the manifest.
     pub fn load(manifest_path: &Path, cache_dir: &Path, options: SpinOptions) -> Result<Arc<SpinApp>> {
         let manifest = Manifest::read(manifest_path)?;
+        std::fs::create_dir_all(cache_dir).map_err(Error::io(cache_dir))?;
         let base = manifest_path.parent().map(Path::to_path_buf).unwrap_or_default();
         let plan = Plan::load(&base).ok();
         let values = variables::application_values(&manifest, &options.variables).map_err(|reason| Error::Plan { path: manifest_path.into(), reason })?;
@@ -328,4 +329,53 @@ fn host_of(headers: &HeaderMap) -> String {
 /// The `spin.toml` of a split's folder, or the manifest file given.
 pub fn manifest_path(target: &Path) -> PathBuf {
     if target.is_dir() { target.join("spin.toml") } else { target.to_path_buf() }
+}
+
+/// A Spin app served on its own thread and runtime, for tests, benchmarks and embedding.
+pub struct SpinHandle {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl SpinHandle {
+    /// Binds `listen` and serves `app` until [`SpinHandle::stop`] (or drop).
+    pub fn start(app: Arc<SpinApp>, listen: std::net::SocketAddr) -> std::io::Result<SpinHandle> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(serve(app, listener, async {
+                let _ = stopped.await;
+            }))
+        });
+        Ok(SpinHandle { addr, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Its base URL, `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, finishes what is in flight, and returns.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the server thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SpinHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
 }

