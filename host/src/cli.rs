@@ -439,7 +439,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("built {} components in {}", built.len(), dir.join(artifacts::DIR).display());
             if spin.spin {
-                build_spin(&dir, &plan, &spin)?;
+                let built = build_spin(&dir, &plan, &spin)?;
+                for (id, bytes) in &built.components {
+                    println!("{id:>10} {bytes:>14}");
+                }
+                println!("wrote the Spin app {}{}", built.manifest.display(), spin.manifest.as_ref().map_or(String::new(), |m| format!(" and {}", m.display())));
             }
             Ok(())
         }
@@ -548,7 +552,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn build_spin(dir: &Path, plan: &Plan, args: &SpinBuildArgs) -> anyhow::Result<()> {
+fn build_spin(dir: &Path, plan: &Plan, args: &SpinBuildArgs) -> anyhow::Result<netless::package::spin_app::SpinBuilt> {
     use netless::package::spin_app::{self, SpinOptions};
     let read = |given: &Option<PathBuf>, env: &str, name: &str| {
         let path = given.clone().unwrap_or_else(|| component_path(env, name));
@@ -570,12 +574,7 @@ fn build_spin(dir: &Path, plan: &Plan, args: &SpinBuildArgs) -> anyhow::Result<(
         }
         None => None,
     };
-    let built = spin_app::build(dir, plan, &http, &gateway, extra.as_ref().map(|(p, o)| (*p, o)))?;
-    for (id, bytes) in &built.components {
-        println!("{id:>10} {bytes:>14}");
-    }
-    println!("wrote the Spin app {}{}", built.manifest.display(), args.manifest.as_ref().map_or(String::new(), |m| format!(" and {}", m.display())));
-    Ok(())
+    Ok(spin_app::build(dir, plan, &http, &gateway, extra.as_ref().map(|(p, o)| (*p, o)))?)
 }
 
 /// A guest component: from `env`, else in the wasm32-wasip2 release folder of the build this binary
@@ -709,7 +708,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         let manifest = prepared.dir.join("spin.toml");
         if !manifest.exists() {
             let plan = Plan::load(&prepared.dir)?;
-            build_spin(&prepared.dir, &plan, &SpinBuildArgs { spin: true, http_segment: None, gateway: None, manifest: None, build_command: String::new() })?;
+            let built = build_spin(&prepared.dir, &plan, &SpinBuildArgs { spin: true, http_segment: None, gateway: None, manifest: None, build_command: String::new() })?;
+            eprintln!("built the Spin app {}", built.manifest.display());
         }
         return up_spin(&manifest, &args);
     }

@@ -137,3 +137,21 @@ fn a_segment_over_its_memory_limit_fails_naming_it_and_the_deadline_holds() {
     assert_eq!(reply.status, 504, "{}", String::from_utf8_lossy(&reply.body));
     assert!(reply.error().contains(&format!("{MODEL}-seg-0")), "{}", reply.error());
 }
+
+#[test]
+fn the_repository_spin_toml_is_the_demo_models_app() {
+    let Some(model) = crate::common::model(&format!("{MODEL}.onnx")) else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let committed = Manifest::read(&root.join("spin.toml")).expect("spin.toml is a valid manifest");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let split = crate::common::netless(&["split", model.to_str().unwrap(), "--max-memory", "24MiB", "-o", out.to_str().unwrap()]);
+    assert!(split.status.success(), "{}", String::from_utf8_lossy(&split.stderr));
+    let options = spin_app::SpinOptions { prefix: "out/demo/".into(), build_command: "bash scripts/build-spin-app.sh".into(), ..spin_app::SpinOptions::in_split() };
+    let generated = spin_app::manifest(&Plan::load(&out).unwrap(), &options).unwrap();
+    assert_eq!(committed, generated, "spin.toml is stale: regenerate it with `netless build out/demo --spin --manifest spin.toml` after scripts/demo.sh");
+    for component in committed.component.values() {
+        assert_eq!(component.build.as_ref().unwrap().command, "bash scripts/build-spin-app.sh");
+        assert!(component.source.starts_with("out/demo/spin/"), "{}", component.source);
+    }
+}

@@ -213,3 +213,34 @@ def test_up_model_splits_and_builds_once(tmp_path):
             assert server.stop() == 0
         assert any(line.startswith(expected) for line in server.stderr), "".join(server.stderr)
     assert len(list((tmp_path / ".cache/netless/builds").iterdir())) == 1
+
+
+def test_spin_app_answers_tritonclient_like_native_tract(built, tmp_path):
+    """`up --spin`: the split as a Spin app (gateway + private HTTP segments chained in process) in
+    NetLess's wasi:http host, built on first use."""
+    server = Server(built, "--spin")
+    try:
+        client = server.client
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
+        assert not client.is_model_ready(f"{NAME}-seg-0"), "segment routes are private"
+        assert (built / "spin.toml").exists()
+        output = client.get_model_metadata(NAME)["outputs"][0]["name"]
+        x = np.random.default_rng(5).uniform(0, 1, SHAPE).astype(np.float32)
+        tract, onnxruntime = reference(built, x, tmp_path)
+        for binary in (False, True):
+            got = infer(client, x, binary).as_numpy(output)
+            assert close(got, tract), f"binary={binary}: {got} vs native tract {tract}"
+            assert close(got, onnxruntime), f"binary={binary}: {got} vs onnxruntime {onnxruntime}"
+
+        def one(seed):
+            xi = np.random.default_rng(seed).uniform(0, 1, SHAPE).astype(np.float32)
+            c = httpclient.InferenceServerClient(url=server.address)
+            return xi, infer(c, xi, seed % 2 == 0).as_numpy(output)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(one, range(100, 108)))
+        session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+        for xi, got in answers:
+            assert close(got, session.run(None, {"x": xi})[0]), "each concurrent client gets its own answer"
+    finally:
+        assert server.stop() == 0, "".join(server.stderr)

@@ -114,12 +114,11 @@ impl ResourceLimiter for Budget {
 
 impl SpinApp {
     /// Loads the app of `manifest_path`: compiles (or loads from `cache_dir`) every component,
-    /// resolves variables, and sizes NetLess segments from the `plan.json` beside the manifest.
+    /// resolves variables, and sizes NetLess segments from their split's `plan.json`.
     pub fn load(manifest_path: &Path, cache_dir: &Path, options: SpinOptions) -> Result<Arc<SpinApp>> {
         let manifest = Manifest::read(manifest_path)?;
         std::fs::create_dir_all(cache_dir).map_err(Error::io(cache_dir))?;
         let base = manifest_path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let plan = Plan::load(&base).ok();
         let values = variables::application_values(&manifest, &options.variables).map_err(|reason| Error::Plan { path: manifest_path.into(), reason })?;
 
         let mut config = Config::new();
@@ -161,10 +160,7 @@ impl SpinApp {
                 .map(|entry| variables::expand(entry, &values).and_then(|e| HostPattern::parse(&e)))
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(|e| what(format!("allowed_outbound_hosts: {e}")))?;
-            let memory = plan
-                .as_ref()
-                .and_then(|p| p.segments.iter().find(|s| spin_app::segment_id(s.index) == *id))
-                .map_or(options.default_memory, spin_app::http_segment_memory);
+            let memory = segment_memory(&source, id).unwrap_or(options.default_memory);
             components.insert(id.clone(), Loaded { pre, variables: Arc::new(variables), allowed: Arc::new(allowed), memory });
             bar.inc(wasm.len() as u64);
         }
@@ -267,6 +263,12 @@ impl SpinApp {
             }
         }
     }
+}
+
+/// The memory limit of a NetLess segment component (`OUT/spin/seg-{i}.wasm`) from `OUT/plan.json`.
+fn segment_memory(source: &Path, id: &str) -> Option<u64> {
+    let plan = Plan::load(source.parent()?.parent()?).ok()?;
+    plan.segments.iter().find(|s| spin_app::segment_id(s.index) == id).map(spin_app::http_segment_memory)
 }
 
 fn describe_trap(e: &wasmtime::Error, refused: Option<u64>, limit: u64) -> String {
