@@ -2,8 +2,7 @@
 # Sets up, then splits the bundled demo model (PP-LCNet text orientation, 6.8 MB) into segments that fit
 # a function memory limit, checks that the segments reproduce the unsplit model, builds every segment as a
 # WASI component, composes them into one, runs both in the wasmtime host, builds the Spin app, and serves
-# the model over the
-# Open Inference Protocol v2 (`netless up`), answering one request.
+# the model over the Open Inference Protocol v2 (`netless up`), answering one request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
