@@ -8,5 +8,5 @@ source scripts/env.sh
 
 bash scripts/build-components.sh
 # builds target/debug/netless too (the integration tests run it), which the Python checks then use
-cargo test --locked -p netless
+cargo test --locked -p netless -p netless-oip
 python3 -m pytest -q tests/python

@@ -8,6 +8,7 @@
 //! [`Report::write`] saves it as `report.md`, `report.json` and `chart.svg`.
 
 mod render;
+pub mod hops;
 pub mod serve;
 
 use std::collections::HashMap;

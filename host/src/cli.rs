@@ -127,8 +127,9 @@ enum Command {
     Gateway(GatewayArgs),
     /// Measure a model side by side: onnxruntime, native tract, and the wasm runtime unsplit and in K segments.
     Bench {
-        /// The ONNX model.
-        model: PathBuf,
+        /// The ONNX model (not used by --hops).
+        #[arg(required_unless_present = "hops")]
+        model: Option<PathBuf>,
         /// Segment counts to measure (K=1, the wasm runtime unsplit, is always included).
         #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
         segments: Vec<usize>,
@@ -166,6 +167,16 @@ enum Command {
         /// Also measure every K with each segment in its own worker process behind a gateway (--serve).
         #[arg(long)]
         distributed: bool,
+        /// Measure the latency one hop between stages adds instead: in one process, over loopback,
+        /// across network namespaces (--netns) and chained under Spin, on a one-node model.
+        #[arg(long, conflicts_with = "serve")]
+        hops: bool,
+        /// Bytes crossing the boundary each way, for --hops.
+        #[arg(long, value_parser = parse_size, default_value = "1MiB")]
+        hop_bytes: u64,
+        /// Also measure a hop across network namespaces (needs root and iproute2), for --hops.
+        #[arg(long, requires = "hops")]
+        netns: bool,
     },
 }
 
@@ -484,7 +495,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { dir, inputs, output_dir, composed, deadline_ms, .. } => run_pipeline(&dir, &inputs, output_dir.as_deref(), composed, deadline_ms),
         Command::Up(args) => up(args),
         Command::Gateway(args) => gateway(args),
-        Command::Bench { model, segments, max_memory, shapes, out, serve: true, concurrency, requests, max_instances, reference_url, reference_model, distributed, .. } => {
+        Command::Bench { hops: true, hop_bytes, netns, requests, out, .. } => {
+            let read = |env: &str, name: &str| std::fs::read(component_path(env, name)).ok();
+            let runtime = component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm");
+            let out = out.unwrap_or_else(|| Path::new("bench-out").join("hops"));
+            let options = netless::bench::hops::HopOptions {
+                bytes: hop_bytes,
+                requests: requests.max(50),
+                exe: std::env::current_exe()?,
+                runtime: std::fs::read(&runtime).with_context(|| format!("reading the segment runtime {} (build it with scripts/build-components.sh)", runtime.display()))?,
+                spin: read("NETLESS_HTTP_SEGMENT_WASM", "netless_http_segment.wasm").zip(read("NETLESS_GATEWAY_WASM", "netless_gateway.wasm")),
+                netns,
+                work_dir: out.clone(),
+                cache_dir: cache_dir(),
+            };
+            let results = netless::bench::hops::run(&options, &mut |line| eprintln!("bench: {line}"))?;
+            let markdown = netless::bench::hops::markdown(&results, hop_bytes);
+            std::fs::write(out.join("hops.md"), &markdown).with_context(|| format!("writing to {}", out.display()))?;
+            std::fs::write(out.join("hops.json"), serde_json::to_string_pretty(&results)?)?;
+            println!("{markdown}");
+            println!("wrote hops.md and hops.json to {}", out.display());
+            Ok(())
+        }
+        Command::Bench { model: Some(model), segments, max_memory, shapes, out, serve: true, concurrency, requests, max_instances, reference_url, reference_model, distributed, .. } => {
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
             let options = netless::bench::serve::ServeBenchOptions {
                 out: out.unwrap_or_else(|| Path::new("bench-out").join(stem)),
@@ -511,7 +544,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench { model, segments, max_memory, shapes, runs, out, .. } => {
+        Command::Bench { model: None, .. } => bail!("a model is needed (only --hops runs without one)"),
+        Command::Bench { model: Some(model), segments, max_memory, shapes, runs, out, .. } => {
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
             let options = netless::bench::BenchOptions {
                 out: out.unwrap_or_else(|| Path::new("bench-out").join(stem)),

@@ -130,7 +130,7 @@ pub fn run(options: &ServeBenchOptions, cache: PathBuf, log: &mut dyn FnMut(&str
     Ok(report)
 }
 
-fn serve_options(name: &str, max_instances: usize, pipelining: bool) -> ServeOptions {
+pub(super) fn serve_options(name: &str, max_instances: usize, pipelining: bool) -> ServeOptions {
     ServeOptions {
         name: Some(name.to_string()),
         scaling: Scaling { min_instances: 0, max_instances, queue_size: 1024, idle_timeout: Duration::from_secs(600) },
@@ -158,7 +158,7 @@ fn measure(report: &mut ServeReport, label: &str, service: Service, name: &str, 
 }
 
 /// A binary OIP request for generated inputs: the body and the JSON header's length.
-fn binary_request(specs: &[crate::plan::file::TensorSpec]) -> Result<(Vec<u8>, usize)> {
+pub(super) fn binary_request(specs: &[crate::plan::file::TensorSpec]) -> Result<(Vec<u8>, usize)> {
     let inputs = specs.iter().map(|spec| to_wire(spec, &verify::generate(spec, 1)?)).collect::<Result<Vec<_>>>()?;
     let encoded = oip::encode_request("bench", &inputs);
     Ok((encoded.body, encoded.header_length.unwrap_or(0)))
@@ -183,7 +183,7 @@ fn post(agent: &ureq::Agent, url: &str, body: &[u8], header: usize) -> std::resu
 }
 
 /// `concurrency` clients, each with its own connection, sending `requests` requests one after another.
-fn load(server: &str, url: &str, body: &[u8], header: usize, concurrency: usize, requests: usize) -> LoadResult {
+pub(super) fn load(server: &str, url: &str, body: &[u8], header: usize, concurrency: usize, requests: usize) -> LoadResult {
     let warm = agent();
     let _ = post(&warm, url, body, header);
     let started = Instant::now();
