@@ -155,3 +155,35 @@ fn the_repository_spin_toml_is_the_demo_models_app() {
         assert!(component.source.starts_with("out/demo/spin/"), "{}", component.source);
     }
 }
+
+#[test]
+fn a_segment_component_refuses_a_hostile_peer_and_keeps_serving() {
+    let Some(dir) = spin_built() else { return };
+    // Route seg-0 publicly, as a segment deployed alone is (SpinKube), and send it what a broken or
+    // hostile gateway might.
+    let mut manifest = Manifest::read(&dir.path().join("spin.toml")).unwrap();
+    for trigger in &mut manifest.trigger.http {
+        if trigger.component == "seg-0" {
+            trigger.route = Route::Path(format!("/v2/models/{MODEL}-seg-0/..."));
+        }
+    }
+    std::fs::write(dir.path().join("spin.toml"), manifest.to_toml()).unwrap();
+    let server = start(dir.path(), &[]);
+    let url = format!("{}/v2/models/{MODEL}-seg-0/infer", server.url());
+    let mut hostile = br#"{"inputs":[{"name":"x","shape":[4294967296,4294967296,4294967296],"datatype":"FP32","parameters":{"binary_data_size":16}}]}"#.to_vec();
+    let header_length = hostile.len();
+    hostile.extend_from_slice(&[0, 1]);
+    let cases: [(Vec<u8>, Option<usize>, &str); 3] = [
+        (hostile, Some(header_length), "x"),
+        (b"{\"inputs\": [".to_vec(), None, "malformed"),
+        (br#"{"inputs":[{"name":"x","shape":[1,3,224,224],"datatype":"INT64","data":[1]}]}"#.to_vec(), None, "x"),
+    ];
+    for (body, header, expected) in cases {
+        let reply = post(&url, &body, header);
+        assert_eq!(reply.status, 400, "{}", String::from_utf8_lossy(&reply.body));
+        assert!(reply.error().contains(expected), "{}", reply.error());
+    }
+    let (inputs, _) = reference(dir.path(), 2);
+    let (body, header) = binary_request(&inputs, "after");
+    assert_eq!(post(&url, &body, Some(header)).status, 200, "the segment keeps serving");
+}
