@@ -19,6 +19,8 @@ use netless::plan::{CostModel, MemoryModel, Objective, Request};
 use netless::split::{Split, SplitOptions};
 use netless::verify::{self, VerifyOptions};
 
+mod distribute;
+
 /// Split ONNX models into segments that fit a serverless function's memory limit, and run them as one pipeline.
 #[derive(Parser)]
 #[command(name = "netless", version, about)]
@@ -119,6 +121,13 @@ enum Command {
     /// Serve a model over the Open Inference Protocol v2 (KServe / Triton REST), each segment as a
     /// serverless function; splits and builds first when given a model.
     Up(UpArgs),
+    /// Push a built Spin app (`build --spin`) to an OCI registry in Spin's artifact layout.
+    Push(distribute::PushArgs),
+    /// Write manifests that deploy a pushed app: `deploy k8s` for SpinKube.
+    Deploy {
+        #[command(subcommand)]
+        target: distribute::DeployCommand,
+    },
     /// Serve a split's pipeline by calling its segments on other hosts (`netless up --only-segments`
     /// workers) over OIP v2, with replicas, retries and per-hop timeouts.
     Gateway(GatewayArgs),
@@ -439,6 +448,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { dir, inputs, output_dir, composed, deadline_ms, .. } => run_pipeline(&dir, &inputs, output_dir.as_deref(), composed, deadline_ms),
         Command::Up(args) => up(args),
         Command::Gateway(args) => gateway(args),
+        Command::Push(args) => distribute::push(args),
+        Command::Deploy { target } => distribute::deploy(target),
         Command::Bench { model, segments, max_memory, shapes, out, serve: true, concurrency, requests, max_instances, reference_url, reference_model, distributed, .. } => {
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
             let options = netless::bench::serve::ServeBenchOptions {
