@@ -147,5 +147,6 @@ pub fn deploy(command: DeployCommand) -> anyhow::Result<()> {
         println!("{:<32} {:>12} {:>10}  {}", app.name, k8s::quantity(app.invocation_memory), k8s::quantity(app.pod_memory), app.image);
     }
     println!("wrote {} files to {}; apply with `kubectl apply -k {}`", deployment.files.len(), args.out.display(), args.out.display());
+    println!("(the images are those `netless push {} {} --per-segment` sends)", args.dir.display(), options.image);
     Ok(())
 }
