@@ -173,7 +173,10 @@ fn deploy_k8s_names_what_is_wrong() {
 
     let empty = tempfile::tempdir().unwrap();
     let no_plan = failure(&netless(&["deploy", "k8s", empty.path().to_str().unwrap(), "--image", IMAGE, "-o", o]));
-    assert!(no_plan.contains("no usable plan.json") && no_plan.contains("run `netless split`"), "{no_plan}");
+    assert!(no_plan.contains("no plan.json; run `netless split MODEL.onnx --max-memory SIZE -o"), "{no_plan}");
+    std::fs::write(empty.path().join("plan.json"), "{}").unwrap();
+    let bad_plan = failure(&netless(&["deploy", "k8s", empty.path().to_str().unwrap(), "--image", IMAGE, "-o", o]));
+    assert!(bad_plan.contains("plan.json: not a NetLess plan"), "{bad_plan}");
 
     let replicas = failure(&netless(&["deploy", "k8s", d, "--image", IMAGE, "-o", o, "--autoscaler", "hpa", "--replicas", "4", "--max-replicas", "2"]));
     assert!(replicas.contains("--max-replicas 2 is below --replicas 4"), "{replicas}");

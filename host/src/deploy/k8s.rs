@@ -198,7 +198,10 @@ pub fn manifests(plan: &Plan, options: &K8sOptions) -> Result<Deployment> {
 
 /// Reads the plan in `dir` and writes the manifests into `out` (created if needed).
 pub fn write(dir: &Path, out: &Path, options: &K8sOptions) -> Result<Deployment> {
-    let plan = Plan::load(dir).map_err(|e| Error::NoPlan { dir: dir.to_owned(), reason: e.to_string() })?;
+    if !dir.join(crate::plan::file::FILE_NAME).is_file() {
+        return Err(Error::NoPlan { dir: dir.to_owned() });
+    }
+    let plan = Plan::load(dir)?;
     let deployment = manifests(&plan, options)?;
     let io = |path: PathBuf| move |source: std::io::Error| Error::Io { path, source };
     std::fs::create_dir_all(out).map_err(io(out.to_owned()))?;

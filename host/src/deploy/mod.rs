@@ -13,14 +13,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What can go wrong while writing deployment manifests.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The folder has no readable plan.
-    #[error("{}: no usable plan.json ({reason}); run `netless split` and `netless build --spin` first", dir.display())]
+    /// The folder has no plan.
+    #[error("{}: no plan.json; run `netless split MODEL.onnx --max-memory SIZE -o {}` (and `netless build --spin`) first", dir.display(), dir.display())]
     NoPlan {
         /// The folder.
         dir: PathBuf,
-        /// Why it could not be read.
-        reason: String,
     },
+    /// The plan is malformed.
+    #[error(transparent)]
+    Plan(#[from] crate::Error),
     /// The image reference is invalid.
     #[error(transparent)]
     Image(#[from] crate::push::Error),

@@ -156,7 +156,10 @@ impl SpinManifest {
 
     /// Parses and checks a manifest's text.
     pub fn parse(text: &str) -> std::result::Result<SpinManifest, String> {
-        let manifest: SpinManifest = toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        let manifest: SpinManifest = toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => format!("line {}: {}", text[..span.start].matches('\n').count() + 1, e.message()),
+            None => e.message().to_string(),
+        })?;
         manifest.check()?;
         Ok(manifest)
     }
