@@ -19,6 +19,8 @@ use netless::plan::{CostModel, MemoryModel, Objective, Request};
 use netless::split::{Split, SplitOptions};
 use netless::verify::{self, VerifyOptions};
 
+mod distribute;
+
 /// Split ONNX models into segments that fit a serverless function's memory limit, and run them as one pipeline.
 #[derive(Parser)]
 #[command(name = "netless", version, about)]
@@ -122,6 +124,13 @@ enum Command {
     /// Serve a model over the Open Inference Protocol v2 (KServe / Triton REST), each segment as a
     /// serverless function; splits and builds first when given a model.
     Up(UpArgs),
+    /// Push a built Spin app (`build --spin`) to an OCI registry in Spin's artifact layout.
+    Push(distribute::PushArgs),
+    /// Write manifests that deploy a pushed app: `deploy k8s` for SpinKube.
+    Deploy {
+        #[command(subcommand)]
+        target: distribute::DeployCommand,
+    },
     /// Serve a split's pipeline by calling its segments on other hosts (`netless up --only-segments`
     /// workers) over OIP v2, with replicas, retries and per-hop timeouts.
     Gateway(GatewayArgs),
@@ -495,6 +504,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { dir, inputs, output_dir, composed, deadline_ms, .. } => run_pipeline(&dir, &inputs, output_dir.as_deref(), composed, deadline_ms),
         Command::Up(args) => up(args),
         Command::Gateway(args) => gateway(args),
+        Command::Push(args) => distribute::push(args),
+        Command::Deploy { target } => distribute::deploy(target),
         Command::Bench { hops: true, hop_bytes, netns, requests, out, .. } => {
             let read = |env: &str, name: &str| std::fs::read(component_path(env, name)).ok();
             let runtime = component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm");

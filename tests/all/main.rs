@@ -3,10 +3,12 @@
 
 mod bad_input;
 mod common;
+mod deploy;
 mod distributed;
 mod onnx_builder;
 mod partition_dp;
 mod pipeline;
+mod push;
 mod runtime;
 mod serve;
 mod spin;
