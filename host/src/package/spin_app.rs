@@ -99,7 +99,7 @@ pub fn manifest(plan: &Plan, options: &SpinOptions) -> Result<Manifest> {
         gateway_variables.insert(name.clone(), format!("{{{{ {name} }}}}"));
         triggers.push(HttpTrigger { route: Route::Private { private: true }, component: id.clone() });
         let description = format!("segment {} of {} ({} to {}), OIP model {}", seg.index, plan.segments.len(), seg.first_node, seg.last_node, segment_name(&model_name(&plan.model.name), seg.index));
-        components.insert(id.clone(), Component { description: Some(description), source: source(&id), allowed_outbound_hosts: Vec::new(), variables: BTreeMap::new(), build: build() });
+        components.insert(id.clone(), Component { description: Some(description), source: source(&id), allowed_outbound_hosts: Vec::new(), variables: BTreeMap::new(), environment: BTreeMap::new(), build: build() });
     }
     components.insert(
         GATEWAY.into(),
@@ -108,6 +108,7 @@ pub fn manifest(plan: &Plan, options: &SpinOptions) -> Result<Manifest> {
             source: source(GATEWAY),
             allowed_outbound_hosts: vec!["{{ outbound_hosts }}".into()],
             variables: gateway_variables,
+            environment: BTreeMap::new(),
             build: build(),
         },
     );
@@ -117,6 +118,8 @@ pub fn manifest(plan: &Plan, options: &SpinOptions) -> Result<Manifest> {
             name: model_name(&plan.model.name).replace('.', "_"),
             version: Some(env!("CARGO_PKG_VERSION").into()),
             description: Some(format!("{} split by NetLess into {} segments, served over the Open Inference Protocol v2", plan.model.name, plan.segments.len())),
+            authors: Vec::new(),
+            trigger: BTreeMap::new(),
         },
         variables,
         trigger: Triggers { http: triggers },

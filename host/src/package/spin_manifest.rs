@@ -2,11 +2,17 @@
 //! and reads, after Spin's manifest reference. Unknown fields are kept out rather than guessed at.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
+
+/// The manifest's file name in a `netless build --spin` folder.
+pub const FILE_NAME: &str = "spin.toml";
+
+/// The route that makes an HTTP trigger public for every path below it.
+pub const PUBLIC_ROUTE: &str = "/...";
 
 /// A `spin.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,10 +43,16 @@ pub struct Application {
     /// What it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Its authors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authors: Vec<String>,
+    /// Trigger-wide settings (`[application.trigger.http]`), by trigger type.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trigger: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
 /// An application variable: a default, or required.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Variable {
     /// What it is for.
@@ -104,6 +116,9 @@ pub struct Component {
     /// Component variables: values or `{{ application_variable }}` templates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
     /// How `spin build` builds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
@@ -123,13 +138,52 @@ pub struct Build {
     pub watch: Vec<String>,
 }
 
+impl Route {
+    /// Whether the route is `{ private = true }`.
+    pub fn is_private(&self) -> bool {
+        matches!(self, Route::Private { private: true })
+    }
+}
+
 impl Manifest {
     /// Reads and checks a `spin.toml`.
     pub fn read(path: &Path) -> Result<Manifest> {
         let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        let manifest: Manifest = toml_edit::de::from_str(&text).map_err(|e| Error::Plan { path: path.into(), reason: format!("not a Spin manifest NetLess can run: {e}") })?;
-        manifest.check().map_err(|reason| Error::Plan { path: path.into(), reason })?;
+        Manifest::parse(&text).map_err(|reason| Error::Plan { path: path.into(), reason: format!("not a Spin manifest NetLess can run: {reason}") })
+    }
+
+    /// Parses and checks a manifest's text; the error names the line.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        let manifest: Manifest = toml_edit::de::from_str(text).map_err(|e| match e.span() {
+            Some(span) => format!("line {}: {}", text[..span.start].matches('\n').count() + 1, e.message()),
+            None => e.message().to_string(),
+        })?;
+        manifest.check()?;
         Ok(manifest)
+    }
+
+    /// The path of component `id`'s wasm file, the manifest being in `dir`.
+    pub fn source_path(&self, dir: &Path, id: &str) -> PathBuf {
+        dir.join(&self.component[id].source)
+    }
+
+    /// The same app reduced to component `id` and its triggers, with private routes made public
+    /// (`/...`): what runs alone as one SpinKube app, where nothing could reach a private route.
+    pub fn single_component(&self, id: &str) -> Option<Manifest> {
+        let component = self.component.get(id)?.clone();
+        let http = self
+            .trigger
+            .http
+            .iter()
+            .filter(|t| t.component == id)
+            .map(|t| HttpTrigger { route: if t.route.is_private() { Route::Path(PUBLIC_ROUTE.into()) } else { t.route.clone() }, component: t.component.clone() })
+            .collect();
+        Some(Manifest {
+            application: Application { name: format!("{}-{id}", self.application.name), ..self.application.clone() },
+            trigger: Triggers { http },
+            component: BTreeMap::from([(id.to_string(), component)]),
+            ..self.clone()
+        })
     }
 
     /// The manifest as TOML, laid out as Spin's documentation writes it: a `[table]` per
@@ -153,8 +207,14 @@ impl Manifest {
             check_id(name, '_').map_err(|e| format!("variable `{name}`: {e}"))?;
         }
         for (name, variable) in &self.variables {
-            if variable.default.is_none() && !variable.required {
-                return Err(format!("variable `{name}` has no default and is not required"));
+            if variable.required == variable.default.is_some() {
+                return Err(format!("variable `{name}`: must be `required` or have a `default`, not both or neither"));
+            }
+        }
+        for (id, component) in &self.component {
+            let source = Path::new(&component.source);
+            if source.is_absolute() || source.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                return Err(format!("component `{id}`: source `{}` is outside the manifest's folder", component.source));
             }
         }
         for trigger in &self.trigger.http {
@@ -262,5 +322,20 @@ mod tests {
         assert!(text.contains("[component.seg-0]"), "{text}");
         let again: Manifest = toml_edit::de::from_str(&text).unwrap();
         assert_eq!(again, manifest);
+        let single = manifest.single_component("seg-0").unwrap();
+        assert_eq!(single.component.keys().collect::<Vec<_>>(), ["seg-0"]);
+        assert_eq!(single.trigger.http, [HttpTrigger { route: Route::Path(PUBLIC_ROUTE.into()), component: "seg-0".into() }]);
+        assert_eq!(single.application.name, "m-seg-0");
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_run_or_push_by_name() {
+        let app = "spin_manifest_version = 2\n[application]\nname = \"m\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n";
+        assert!(Manifest::parse(app).is_ok());
+        assert!(Manifest::parse(&app.replace("source = \"a.wasm\"", "source = \"a.wasm\"\nfiles = [\"x\"]")).unwrap_err().contains("unknown field `files`"));
+        assert!(Manifest::parse(&app.replace("a.wasm", "../a.wasm")).unwrap_err().contains("outside the manifest's folder"));
+        assert!(Manifest::parse(&app.replace("= 2", "= 1")).unwrap_err().contains("version 2"));
+        let error = Manifest::parse(&app.replace("name = \"m\"", "name = 3")).unwrap_err();
+        assert!(error.starts_with("line 3"), "{error}");
     }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::locked::LockedApp;
-use super::spin_manifest::SpinManifest;
+use crate::package::spin_manifest::{FILE_NAME, Manifest as SpinManifest};
 use super::{Error, Result};
 
 /// Media type of the locked app layer.
@@ -146,7 +146,7 @@ pub fn assemble(manifest: &SpinManifest, dir: &Path) -> Result<Image> {
         let data = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         if !data.starts_with(b"\0asm") {
             let reason = format!("component `{id}`: source `{}` is not a wasm file", manifest.component[id].source);
-            return Err(Error::Manifest { path: dir.join(super::spin_manifest::FILE_NAME), reason });
+            return Err(Error::Manifest { path: dir.join(FILE_NAME), reason });
         }
         let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| id.clone());
         let blob = Blob::new(file, WASM_MEDIA_TYPE, data);

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::spin_manifest::{Route, SpinManifest};
+use crate::package::spin_manifest::{Manifest as SpinManifest, Route};
 
 /// Host requirement of components that call `*.spin.internal` (Spin's local service chaining).
 pub const SERVICE_CHAINING: &str = "local_service_chaining";
@@ -123,7 +123,7 @@ impl LockedApp {
         metadata.insert("triggers".into(), json!(manifest.application.trigger));
         // Spin also writes the settings of an app's only trigger type under "trigger", with "type".
         let mut http = manifest.application.trigger.get("http").cloned().unwrap_or_default();
-        http.insert("type".into(), toml::Value::String("http".into()));
+        http.insert("type".into(), json!("http"));
         metadata.insert("trigger".into(), json!(http));
 
         let variables = manifest
@@ -144,12 +144,9 @@ impl LockedApp {
                     Route::Path(path) => json!(path),
                     Route::Private { private } => json!({ "private": private }),
                 };
-                let mut config = json!({ "component": t.component, "route": route });
-                if let Some(executor) = &t.executor {
-                    config["executor"] = json!(executor);
-                }
+                let config = json!({ "component": t.component, "route": route });
                 LockedTrigger {
-                    id: t.id.clone().unwrap_or_else(|| format!("{}-http-trigger", t.component)),
+                    id: format!("{}-http-trigger", t.component),
                     trigger_type: "http".into(),
                     trigger_config: config,
                 }

@@ -1,7 +1,7 @@
 //! `netless push`: a built Spin app (`netless build --spin OUT`) as OCI images in Spin's artifact layout,
 //! which `spin up --from`, `spin registry pull` and SpinKube's containerd-shim-spin run.
 //!
-//! [`spin_manifest`] reads `OUT/spin.toml`, [`locked`] resolves it to Spin's locked app, [`image`]
+//! `package::spin_manifest` reads `OUT/spin.toml`, [`locked`] resolves it to Spin's locked app, [`image`]
 //! assembles layers, config and manifest, [`registry`] uploads what the registry lacks, [`credentials`]
 //! finds the Docker config's credentials, and [`names`] derives per-component image names.
 
@@ -10,7 +10,6 @@ pub mod image;
 pub mod locked;
 pub mod names;
 pub mod registry;
-pub mod spin_manifest;
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +18,7 @@ use oci_client::Reference;
 pub use credentials::Credentials;
 pub use image::Image;
 pub use registry::Transfer;
-pub use spin_manifest::SpinManifest;
+pub use crate::package::spin_manifest::Manifest as SpinManifest;
 
 /// Result with the push [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -136,7 +135,7 @@ pub struct PushReport {
 /// (private routes made public) at `REPO-<component>:TAG`.
 pub fn images(dir: &Path, reference: &str, per_segment: bool) -> Result<Vec<(Reference, Image)>> {
     let reference = names::parse(reference)?;
-    let manifest = SpinManifest::load(dir)?;
+    let manifest = load_manifest(dir)?;
     let mut images = vec![(reference.clone(), image::assemble(&manifest, dir)?)];
     if per_segment {
         for id in manifest.component.keys() {
@@ -145,6 +144,17 @@ pub fn images(dir: &Path, reference: &str, per_segment: bool) -> Result<Vec<(Ref
         }
     }
     Ok(images)
+}
+
+/// Reads `dir/spin.toml`; a missing file says how to make it.
+pub fn load_manifest(dir: &Path) -> Result<SpinManifest> {
+    let path = dir.join(crate::package::spin_manifest::FILE_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NoSpinApp { dir: dir.to_owned() }),
+        Err(source) => return Err(Error::Io { path, source }),
+    };
+    SpinManifest::parse(&text).map_err(|reason| Error::Manifest { path, reason })
 }
 
 /// Pushes the Spin app in `dir` to `reference` (and its components alone with `per_segment`).
