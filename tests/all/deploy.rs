@@ -3,6 +3,7 @@
 //! `kubectl kustomize` renders, and clear errors. (Schema validation against the SpinApp CRD and the
 //! Kubernetes schemas is in tests/python/test_k8s_manifests.py.)
 
+use netless::package::spin_app::http_segment_memory;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -88,8 +89,8 @@ fn deploy_k8s_writes_a_spinapp_per_segment_and_a_gateway_wired_to_their_services
     for (i, seg) in plan.segments.iter().enumerate() {
         let spec = &apps[i]["spec"];
         assert_eq!(spec["image"], format!("127.0.0.1:5000/netless/demo-seg-{i}:v1"));
-        assert_eq!(spec["invocationLimits"]["memory"], quantity(seg.estimated_memory), "segment {i}: the plan's estimate");
-        assert_eq!(spec["resources"]["limits"]["memory"], quantity(seg.estimated_memory + (256 << 20)));
+        assert_eq!(spec["invocationLimits"]["memory"], quantity(http_segment_memory(seg)), "segment {i}: the plan's estimate and its HTTP face");
+        assert_eq!(spec["resources"]["limits"]["memory"], quantity(http_segment_memory(seg) + (256 << 20)));
         assert!(spec.get("variables").is_none());
     }
     let gateway = &apps[2]["spec"];
@@ -153,16 +154,16 @@ fn deploy_k8s_writes_an_hpa_or_a_keda_scaledobject_per_app_when_autoscaling() {
 fn deploy_k8s_names_what_is_wrong() {
     let Some(dir) = split() else { return };
     let plan = Plan::load(dir.path()).unwrap();
-    let largest = plan.segments.iter().max_by_key(|s| s.estimated_memory).unwrap();
+    let largest = plan.segments.iter().max_by_key(|s| http_segment_memory(s)).unwrap();
     let out = tempfile::tempdir().unwrap();
     let o = out.path().to_str().unwrap();
     let d = dir.path().to_str().unwrap();
 
-    let limit = format!("{}B", largest.estimated_memory - 1);
+    let limit = format!("{}B", http_segment_memory(largest) - 1);
     let too_large = failure(&netless(&["deploy", "k8s", d, "--image", IMAGE, "-o", o, "--max-memory", &limit]));
-    let over = plan.segments.iter().find(|s| s.estimated_memory > largest.estimated_memory - 1).unwrap();
+    let over = plan.segments.iter().find(|s| http_segment_memory(s) > http_segment_memory(largest) - 1).unwrap();
     assert!(
-        too_large.contains(&format!("segment {} needs an estimated {} bytes", over.index, over.estimated_memory)) && too_large.contains("over --max-memory"),
+        too_large.contains(&format!("segment {} needs an estimated {} bytes", over.index, http_segment_memory(over))) && too_large.contains("over --max-memory"),
         "{too_large}"
     );
 

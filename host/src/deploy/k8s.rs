@@ -10,6 +10,7 @@
 //! - Scaling: fixed `replicas`, or `enableAutoscaling` with an HPA or a KEDA ScaledObject on CPU and
 //!   memory utilisation, as `spin kube scaffold --autoscaler` writes them.
 
+use crate::package::spin_app::http_segment_memory;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -144,8 +145,8 @@ pub fn manifests(plan: &Plan, options: &K8sOptions) -> Result<Deployment> {
         apps.push(App {
             name: format!("{prefix}-{component}"),
             image: names::component_image(&base, &component).whole(),
-            invocation_memory: seg.estimated_memory,
-            pod_memory: seg.estimated_memory + options.pod_overhead,
+            invocation_memory: http_segment_memory(seg),
+            pod_memory: http_segment_memory(seg) + options.pod_overhead,
             component,
         });
     }
@@ -214,9 +215,10 @@ pub fn write(dir: &Path, out: &Path, options: &K8sOptions) -> Result<Deployment>
 
 fn check(plan: &Plan, options: &K8sOptions) -> Result<()> {
     if let Some(limit) = options.max_memory
-        && let Some(seg) = plan.segments.iter().find(|s| s.estimated_memory > limit)
+        && let Some(seg) = plan.segments.iter().find(|s| http_segment_memory(s) > limit)
     {
-        return Err(Error::TooLarge { segment: seg.index, needed: seg.estimated_memory, needed_mib: mib(seg.estimated_memory), limit, limit_mib: mib(limit) });
+        let needed = http_segment_memory(seg);
+        return Err(Error::TooLarge { segment: seg.index, needed, needed_mib: mib(needed), limit, limit_mib: mib(limit) });
     }
     match options.scaling {
         Scaling::Replicas(_) => {}
