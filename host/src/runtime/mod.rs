@@ -119,15 +119,7 @@ impl Engine {
             path: cache_dir.clone(),
             source,
         })?;
-        let pool = pooling();
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .wasm_simd(true)
-            .wasm_relaxed_simd(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = wasmtime::Engine::new(&config).map_err(EngineError::Config)?;
+        let engine = new_engine()?;
         let mut composed_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut composed_linker).map_err(EngineError::Config)?;
         let mut runtime_linker = composed_linker.clone();
@@ -289,8 +281,21 @@ impl Hasher for Sha256Hasher {
     }
 }
 
+/// A wasmtime engine for NetLess's components: the component model, SIMD (tract's kernels), epoch
+/// interruption (deadlines) and the pooling allocator.
+pub(crate) fn new_engine() -> Result<wasmtime::Engine, EngineError> {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .wasm_simd(true)
+        .wasm_relaxed_simd(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling()));
+    wasmtime::Engine::new(&config).map_err(EngineError::Config)
+}
+
 /// The pooling allocator's configuration: slots for many instances of segment-sized components.
-pub(crate) fn pooling() -> PoolingAllocationConfig {
+fn pooling() -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOL_SLOTS)
         .total_core_instances(POOL_SLOTS * 8)

@@ -335,52 +335,35 @@ fn names(specs: &[TensorSpec]) -> String {
 
 pub use netless_oip::rest::model_name;
 
-/// A server running on its own thread and runtime, for tests, benchmarks and embedding.
-pub struct Handle {
+/// A server on its own thread and tokio runtime, stopped (requests in flight finished) on drop.
+pub(crate) struct Background {
     addr: SocketAddr,
-    service: Arc<Service>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
-impl Handle {
-    /// Binds `listen` and serves `service` until [`Handle::stop`] (or drop).
-    pub fn start(service: Service, listen: SocketAddr) -> std::io::Result<Handle> {
-        let service = Arc::new(service);
+impl Background {
+    /// Binds `listen` and runs `serve(listener, stopped)` until stopped.
+    pub(crate) fn start<F, Fut>(listen: SocketAddr, serve: F) -> std::io::Result<Background>
+    where
+        F: FnOnce(tokio::net::TcpListener, tokio::sync::oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::io::Result<()>>,
+    {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = service.clone();
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(serve(served, listener, async {
-                let _ = stopped.await;
-            }))
-        });
-        Ok(Handle { addr, service, stop: Some(stop), thread: Some(thread) })
+        let thread = std::thread::spawn(move || runtime.block_on(serve(listener, stopped)));
+        Ok(Background { addr, stop: Some(stop), thread: Some(thread) })
     }
 
     /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Its base URL, `http://ADDR`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The service.
-    pub fn service(&self) -> &Service {
-        &self.service
-    }
-
     /// Stops accepting, finishes what is in flight, and returns.
-    pub fn stop(mut self) -> std::io::Result<()> {
-        self.shutdown()
-    }
-
-    fn shutdown(&mut self) -> std::io::Result<()> {
+    pub(crate) fn shutdown(&mut self) -> std::io::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -391,9 +374,49 @@ impl Handle {
     }
 }
 
-impl Drop for Handle {
+impl Drop for Background {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+/// A server running on its own thread and runtime, for tests, benchmarks and embedding.
+pub struct Handle {
+    background: Background,
+    service: Arc<Service>,
+}
+
+impl Handle {
+    /// Binds `listen` and serves `service` until [`Handle::stop`] (or drop).
+    pub fn start(service: Service, listen: SocketAddr) -> std::io::Result<Handle> {
+        let service = Arc::new(service);
+        let served = service.clone();
+        let background = Background::start(listen, move |listener, stopped| {
+            serve(served, listener, async {
+                let _ = stopped.await;
+            })
+        })?;
+        Ok(Handle { background, service })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.background.addr()
+    }
+
+    /// Its base URL, `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// The service.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// Stops accepting, finishes what is in flight, and returns.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.background.shutdown()
     }
 }
 

@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Config, InstanceAllocationStrategy, ResourceLimiter, Store};
+use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -31,7 +31,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::package::spin_app;
 use crate::package::spin_manifest::{Manifest, Route};
 use crate::plan::Plan;
-use crate::runtime::{EngineError, Ticker, compile_cached, pooling, ticks};
+use crate::runtime::{EngineError, Ticker, compile_cached, new_engine, ticks};
 use crate::{Error, Result};
 use outbound::{HostPattern, Hooks};
 
@@ -121,14 +121,7 @@ impl SpinApp {
         let base = manifest_path.parent().map(Path::to_path_buf).unwrap_or_default();
         let values = variables::application_values(&manifest, &options.variables).map_err(|reason| Error::Plan { path: manifest_path.into(), reason })?;
 
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .wasm_simd(true)
-            .wasm_relaxed_simd(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling()));
-        let engine = wasmtime::Engine::new(&config).map_err(|e| Error::Engine(EngineError::Config(e)))?;
+        let engine = new_engine()?;
         let mut linker: Linker<StoreState> = Linker::new(&engine);
         let link = |e: wasmtime::Error| Error::Engine(EngineError::Config(e));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
@@ -335,49 +328,27 @@ pub fn manifest_path(target: &Path) -> PathBuf {
 
 /// A Spin app served on its own thread and runtime, for tests, benchmarks and embedding.
 pub struct SpinHandle {
-    addr: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    background: super::Background,
 }
 
 impl SpinHandle {
     /// Binds `listen` and serves `app` until [`SpinHandle::stop`] (or drop).
     pub fn start(app: Arc<SpinApp>, listen: std::net::SocketAddr) -> std::io::Result<SpinHandle> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(serve(app, listener, async {
+        let background = super::Background::start(listen, move |listener, stopped| {
+            serve(app, listener, async {
                 let _ = stopped.await;
-            }))
-        });
-        Ok(SpinHandle { addr, stop: Some(stop), thread: Some(thread) })
+            })
+        })?;
+        Ok(SpinHandle { background })
     }
 
     /// Its base URL, `http://ADDR`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.background.addr())
     }
 
     /// Stops accepting, finishes what is in flight, and returns.
     pub fn stop(mut self) -> std::io::Result<()> {
-        self.shutdown()
-    }
-
-    fn shutdown(&mut self) -> std::io::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the server thread panicked"))),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for SpinHandle {
-    fn drop(&mut self) {
-        let _ = self.shutdown();
+        self.background.shutdown()
     }
 }
