@@ -722,7 +722,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     let path = args.runtime.clone().unwrap_or_else(|| component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"));
     let runtime = || std::fs::read(&path).with_context(|| format!("reading the segment runtime {} (build it with scripts/build-components.sh)", path.display()));
     if !args.target.exists() {
-        bail!("{}: no such model file or split folder", args.target.display());
+        let what = if args.spin { "model file, split folder or spin.toml" } else { "model file or split folder" };
+        bail!("{}: no such {what}", args.target.display());
     }
     if args.spin && args.target.extension().is_some_and(|e| e == "toml") {
         return up_spin(&args.target, &args);

@@ -187,3 +187,20 @@ fn a_segment_component_refuses_a_hostile_peer_and_keeps_serving() {
     let (body, header) = binary_request(&inputs, "after");
     assert_eq!(post(&url, &body, Some(header)).status, 200, "the segment keeps serving");
 }
+
+#[test]
+fn up_spin_names_what_is_wrong() {
+    use crate::common::{failure, netless};
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("spin.toml");
+    let missing = failure(&netless(&["up", manifest.to_str().unwrap(), "--spin"]));
+    assert!(missing.contains("no such model file, split folder or spin.toml"), "{missing}");
+    std::fs::write(&manifest, "spin_manifest_version = 2\n[application]\nname = 3\n").unwrap();
+    let malformed = failure(&netless(&["up", manifest.to_str().unwrap(), "--spin"]));
+    assert!(malformed.contains("not a Spin manifest NetLess can run: line 3"), "{malformed}");
+    std::fs::write(&manifest, "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n").unwrap();
+    let absent = failure(&netless(&["up", manifest.to_str().unwrap(), "--spin", "--listen", "127.0.0.1:0"]));
+    assert!(absent.contains("Spin component `a`") && absent.contains("a.wasm"), "{absent}");
+    let unknown = failure(&netless(&["up", manifest.to_str().unwrap(), "--spin", "--variable", "nope=1"]));
+    assert!(unknown.contains("variable `nope` is given a value but the app does not declare it"), "{unknown}");
+}
