@@ -81,6 +81,17 @@ fn the_spin_app_answers_like_native_tract_with_segments_private() {
     let reply = post(&format!("{url}/v2/models/other/infer"), b"{}", None);
     assert_eq!(reply.status, 404);
     assert!(reply.error().contains("unknown model `other`"), "{}", reply.error());
+
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let metrics = agent.get(&format!("{url}{}", netless::serve::spin::METRICS_PATH)).call().unwrap().body_mut().read_to_string().unwrap();
+    for line in [
+        r#"nv_inference_request_success{model="gateway",version="1"} 5"#,
+        r#"nv_inference_request_failure{model="gateway",version="1"} 3"#,
+        r#"nv_inference_request_success{model="seg-0",version="1"} 2"#,
+        r#"netless_cold_starts{model="seg-1",version="1"} 2"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in:\n{metrics}");
+    }
 }
 
 #[test]

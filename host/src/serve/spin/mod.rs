@@ -64,6 +64,7 @@ pub struct SpinApp {
     routes: Vec<(String, bool, String)>,
     deadline: Duration,
     max_body: u64,
+    metrics: Arc<super::metrics::Metrics>,
     _ticker: Arc<Ticker>,
 }
 
@@ -128,6 +129,7 @@ impl SpinApp {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link)?;
         variables::add_to_linker(&mut linker).map_err(link)?;
 
+        let metrics = Arc::new(super::metrics::Metrics::new());
         let mut components = HashMap::new();
         let mut sources = Vec::new();
         for (id, component) in &manifest.component {
@@ -154,6 +156,7 @@ impl SpinApp {
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(|e| what(format!("allowed_outbound_hosts: {e}")))?;
             let memory = segment_memory(&source, id).unwrap_or(options.default_memory);
+            metrics.add_model(id);
             components.insert(id.clone(), Loaded { pre, variables: Arc::new(variables), allowed: Arc::new(allowed), memory });
             bar.inc(wasm.len() as u64);
         }
@@ -177,6 +180,7 @@ impl SpinApp {
             routes,
             deadline: options.deadline,
             max_body: options.max_body,
+            metrics,
             _ticker: Ticker::start(engine),
         }))
     }
@@ -189,6 +193,12 @@ impl SpinApp {
     /// The public routes and their components, longest first.
     pub fn routes(&self) -> impl Iterator<Item = (String, &str)> {
         self.routes.iter().map(|(path, prefix, id)| (if *prefix { format!("{path}/...") } else { path.clone() }, id.as_str()))
+    }
+
+    /// Requests, failures and instantiations per component, in the Prometheus text format (the
+    /// Triton names `netless up` uses; every request is a cold start, as under Spin).
+    pub fn metrics(&self) -> String {
+        self.metrics.render()
     }
 
     /// The component a public route sends `path` to.
@@ -205,6 +215,19 @@ impl SpinApp {
 
     /// Runs component `id` on `request` in a fresh instance, within `deadline`.
     async fn handle<B>(self: &Arc<Self>, id: &str, request: axum::http::Request<B>, deadline: Instant) -> axum::http::Response<HyperOutgoingBody>
+    where
+        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let started = Instant::now();
+        let response = self.run(id, request, deadline).await;
+        if self.components.contains_key(id) {
+            self.metrics.request(id, response.status().is_success(), started.elapsed());
+        }
+        response
+    }
+
+    async fn run<B>(self: &Arc<Self>, id: &str, request: axum::http::Request<B>, deadline: Instant) -> axum::http::Response<HyperOutgoingBody>
     where
         B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -234,9 +257,12 @@ impl SpinApp {
             Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("{id}: {e:#}")),
         };
         let pre = component.pre.clone();
+        let (metrics, name) = (self.metrics.clone(), id.to_string());
         let task = tokio::spawn(async move {
             let result = async {
+                let instantiating = Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await?;
+                metrics.cold_start(&name, instantiating.elapsed());
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out).await
             }
             .await;
@@ -293,9 +319,15 @@ pub async fn serve(app: Arc<SpinApp>, listener: tokio::net::TcpListener, shutdow
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
+/// Where this host serves its metrics: under Spin's reserved prefix, so no app route is shadowed.
+pub const METRICS_PATH: &str = "/.well-known/spin/metrics";
+
 async fn dispatch(Axum(app): Axum<Arc<SpinApp>>, request: Request<Body>) -> Response {
     let started = Instant::now();
     let path = request.uri().path().to_string();
+    if path == METRICS_PATH {
+        return ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics()).into_response();
+    }
     let Some(id) = app.route(&path).map(str::to_string) else {
         return (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": format!("no route for {path}") }))).into_response();
     };
