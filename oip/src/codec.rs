@@ -45,6 +45,16 @@ pub struct Encoded {
     pub header_length: Option<usize>,
 }
 
+impl Encoded {
+    /// Its `Content-Type`: JSON, or octets when binary tensors follow the JSON.
+    pub fn content_type(&self) -> &'static str {
+        match self.header_length {
+            Some(_) => "application/octet-stream",
+            None => "application/json",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct RequestJson {
     #[serde(default)]

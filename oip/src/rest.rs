@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use crate::pipeline::TensorMetadata;
-use crate::{InferRequest, Tensor, datatype};
+use crate::{HEADER_LENGTH, InferRequest, Tensor, datatype};
 
 /// The one model version NetLess serves.
 pub const VERSION: &str = "1";
@@ -81,6 +81,16 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, Refusal> {
         true => Ok(route),
         false => Err(Refusal::new(405, format!("{path} takes {wanted}, not {method}"))),
     }
+}
+
+/// Decodes an inference request body, given its `Inference-Header-Content-Length` header if it has
+/// one; every error is a 400 naming what is wrong.
+pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<InferRequest, Refusal> {
+    let header_length = match header_length {
+        None => None,
+        Some(value) => Some(value.trim().parse::<usize>().map_err(|_| Refusal::new(400, format!("{HEADER_LENGTH} {value:?} is not a byte count")))?),
+    };
+    crate::decode(body, header_length).map_err(|message| Refusal::new(400, message))
 }
 
 /// A model name usable in URLs: letters, digits, `-`, `_` and `.`; anything else becomes `_`.
@@ -161,6 +171,14 @@ mod tests {
         assert_eq!(route("GET", "/v2/models/m/versions/2").unwrap_err().status, 404);
         assert_eq!(route("GET", "/v2/models/m/infer").unwrap_err().status, 405);
         assert_eq!(route("GET", "/elsewhere").unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn a_header_length_that_is_not_a_count_is_a_400() {
+        let refusal = decode_request(b"{}", Some("ten")).unwrap_err();
+        assert_eq!(refusal.status, 400);
+        assert!(refusal.message.contains("\"ten\" is not a byte count"), "{}", refusal.message);
+        assert_eq!(decode_request(b"{\"inputs\":[]}", None).unwrap().inputs.len(), 0);
     }
 
     #[test]

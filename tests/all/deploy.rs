@@ -89,12 +89,14 @@ fn deploy_k8s_writes_a_spinapp_per_segment_and_a_gateway_wired_to_their_services
     for (i, seg) in plan.segments.iter().enumerate() {
         let spec = &apps[i]["spec"];
         assert_eq!(spec["image"], format!("127.0.0.1:5000/netless/demo-seg-{i}:v1"));
+        assert_eq!(spec["components"], serde_json::json!([format!("seg-{i}")]), "the segment's component selected from its image");
         assert_eq!(spec["invocationLimits"]["memory"], quantity(http_segment_memory(seg)), "segment {i}: the plan's estimate and its HTTP face");
         assert_eq!(spec["resources"]["limits"]["memory"], quantity(http_segment_memory(seg) + (256 << 20)));
         assert!(spec.get("variables").is_none());
     }
     let gateway = &apps[2]["spec"];
     assert_eq!(gateway["image"], "127.0.0.1:5000/netless/demo-gateway:v1");
+    assert_eq!(gateway["components"], serde_json::json!(["gateway"]));
     let variables: Vec<(&str, &str)> = gateway["variables"].as_array().unwrap().iter().map(|v| (v["name"].as_str().unwrap(), v["value"].as_str().unwrap())).collect();
     assert_eq!(
         variables,

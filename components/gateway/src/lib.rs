@@ -102,13 +102,9 @@ fn serve(request: &Request, started: Instant) -> Result<Response, Refusal> {
 
 fn infer(request: &Request, config: &Config, deadline: Instant) -> Result<Response, Refusal> {
     let spec = &config.pipeline;
-    let header_length = match request.header(HEADER_LENGTH).map(|v| v.as_str().and_then(|s| s.trim().parse::<usize>().ok())) {
-        None => None,
-        Some(Some(n)) => Some(n),
-        Some(None) => return Err(Refusal::new(400, format!("{HEADER_LENGTH} is not a byte count"))),
-    };
+    let header_length = request.header(HEADER_LENGTH).map(|v| v.as_str().unwrap_or("(not text)"));
     let bad = |message| Refusal::new(400, message);
-    let decoded = netless_oip::decode(request.body(), header_length).map_err(bad)?;
+    let decoded = rest::decode_request(request.body(), header_length)?;
     let wanted = rest::requested_outputs(&spec.model, &spec.outputs, &decoded).map_err(bad)?;
     let id = decoded.id.clone().unwrap_or_else(|| "gateway".to_string());
     let mut env: HashMap<String, Tensor> = rest::check_inputs(&spec.model, &spec.inputs, decoded.inputs).map_err(bad)?;
@@ -125,10 +121,10 @@ fn infer(request: &Request, config: &Config, deadline: Instant) -> Result<Respon
     let encoded = netless_oip::encode(&spec.model, rest::VERSION, Some(&id), &outputs);
     let mut builder = Response::builder();
     builder.status(200);
-    match encoded.header_length {
-        Some(n) => builder.header(HEADER_LENGTH, n.to_string()).header("content-type", "application/octet-stream"),
-        None => builder.header("content-type", "application/json"),
-    };
+    if let Some(n) = encoded.header_length {
+        builder.header(HEADER_LENGTH, n.to_string());
+    }
+    builder.header("content-type", encoded.content_type());
     Ok(builder.body(encoded.body).build())
 }
 

@@ -44,13 +44,9 @@ fn serve(request: &Request) -> Result<Response, Refusal> {
 }
 
 fn infer(request: &Request, name: &str, inputs: &[TensorMetadata], outputs: &[TensorMetadata]) -> Result<Response, Refusal> {
-    let header_length = match request.header(HEADER_LENGTH).map(|v| v.as_str().and_then(|s| s.trim().parse::<usize>().ok())) {
-        None => None,
-        Some(Some(n)) => Some(n),
-        Some(None) => return Err(Refusal::new(400, format!("{HEADER_LENGTH} is not a byte count"))),
-    };
+    let header_length = request.header(HEADER_LENGTH).map(|v| v.as_str().unwrap_or("(not text)"));
     let bad = |message| Refusal::new(400, message);
-    let decoded = netless_oip::decode(request.body(), header_length).map_err(bad)?;
+    let decoded = rest::decode_request(request.body(), header_length)?;
     let wanted = rest::requested_outputs(name, outputs, &decoded).map_err(bad)?;
     let given = rest::check_inputs(name, inputs, decoded.inputs).map_err(bad)?;
     let given: Vec<wit::Tensor> = given.into_values().map(to_wit).collect();
@@ -73,10 +69,10 @@ fn infer(request: &Request, name: &str, inputs: &[TensorMetadata], outputs: &[Te
     let encoded = netless_oip::encode(name, rest::VERSION, id, &chosen);
     let mut builder = Response::builder();
     builder.status(200);
-    match encoded.header_length {
-        Some(n) => builder.header(HEADER_LENGTH, n.to_string()).header("content-type", "application/octet-stream"),
-        None => builder.header("content-type", "application/json"),
-    };
+    if let Some(n) = encoded.header_length {
+        builder.header(HEADER_LENGTH, n.to_string());
+    }
+    builder.header("content-type", encoded.content_type());
     Ok(builder.body(encoded.body).build())
 }
 

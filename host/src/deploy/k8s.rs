@@ -253,6 +253,7 @@ fn spin_app(app: &App, metadata: ObjectMeta, options: &K8sOptions, variables: Ve
         spec: SpinAppSpec {
             image: app.image.clone(),
             executor: options.executor.clone(),
+            components: vec![app.component.clone()],
             replicas: match options.scaling {
                 Scaling::Replicas(n) => Some(n),
                 _ => None,

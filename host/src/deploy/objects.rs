@@ -40,6 +40,9 @@ pub struct SpinAppSpec {
     pub image: String,
     /// The SpinAppExecutor, `containerd-shim-spin`.
     pub executor: String,
+    /// The components of the image to run (the one component of a per-component image).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<String>,
     /// Fixed replica count (absent with autoscaling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,

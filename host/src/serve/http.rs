@@ -104,16 +104,8 @@ async fn infer(State(service): Shared, Path(params): Params, headers: HeaderMap,
     let result = async {
         let body = read_body(&headers, body, service.options().max_body).await?;
         let model = find(&service, &params)?.clone();
-        let header_length = match headers.get(HEADER_LENGTH) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .ok_or_else(|| ServeError::BadRequest(format!("{HEADER_LENGTH} {v:?} is not a byte count")))?,
-            ),
-        };
-        let request = oip::decode(&body, header_length).map_err(ServeError::BadRequest)?;
+        let header_length = headers.get(HEADER_LENGTH).map(|v| v.to_str().unwrap_or("(not text)"));
+        let request = oip::rest::decode_request(&body, header_length).map_err(|refusal| ServeError::BadRequest(refusal.message))?;
         let id = request.id.clone().unwrap_or_else(|| service.next_request_id());
         let span = tracing::info_span!("infer", id = %id, model = %model.name);
         let outputs = service.infer(&model, &id, request).instrument(span.clone()).await;
@@ -127,14 +119,11 @@ async fn infer(State(service): Shared, Path(params): Params, headers: HeaderMap,
     .await;
     match result {
         Ok(encoded) => {
+            let content_type = encoded.content_type();
             let mut response = Response::new(Body::from(encoded.body));
-            let content_type = match encoded.header_length {
-                Some(n) => {
-                    response.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(n));
-                    "application/octet-stream"
-                }
-                None => "application/json",
-            };
+            if let Some(n) = encoded.header_length {
+                response.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(n));
+            }
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             response
         }
