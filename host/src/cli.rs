@@ -73,6 +73,10 @@ enum Command {
         /// build folder).
         #[arg(long)]
         runtime: Option<PathBuf>,
+        /// Skip pre-initialisation: every new instance then decodes and optimises its model on its
+        /// first call (a faster build, slower cold starts; see docs/benchmarks.md).
+        #[arg(long)]
+        lazy: bool,
         #[command(flatten)]
         spin: SpinBuildArgs,
     },
@@ -448,7 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {} segments and plan.json to {}", written.segments.len(), out.display());
             Ok(())
         }
-        Command::Build { dir, runtime, spin } => {
+        Command::Build { dir, runtime, lazy, spin } => {
             let plan = Plan::load(&dir)?;
             let path = runtime.unwrap_or_else(|| component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"));
             let wasm = std::fs::read(&path).with_context(|| format!("reading the segment runtime {} (build it with scripts/build-components.sh)", path.display()))?;
@@ -458,6 +462,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{:>3} {:>14} {:>14} {:>10.1}", b.index, b.component_bytes, b.data_bytes, b.seconds * 1e3);
             }
             println!("built {} components in {}", built.len(), dir.join(artifacts::DIR).display());
+            if !lazy {
+                let record = artifacts::preinitialize(&dir, &plan, &Engine::new(cache_dir())?)?;
+                println!("{:>3} {:>14} {:>10}", "seg", "snapshot", "ms");
+                for s in &record.segments {
+                    println!("{:>3} {:>14} {:>10.1}", s.index, s.component_bytes, s.seconds * 1e3);
+                }
+                println!("pre-initialised {} segments: their models are prepared inside seg-NN.wasm", record.segments.len());
+            }
             if spin.spin {
                 let built = build_spin(&dir, &plan, &spin)?;
                 for (id, bytes) in &built.components {
@@ -728,8 +740,9 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.spin && args.target.extension().is_some_and(|e| e == "toml") {
         return up_spin(&args.target, &args);
     }
+    let engine = Engine::new(cache_dir())?;
     let prepared = if args.target.is_dir() {
-        if prepare::is_built(&args.target) { prepare::Prepared { dir: args.target.clone(), cached: true } } else { prepare::built_folder(&args.target, &runtime()?)? }
+        if prepare::is_built(&args.target) { prepare::Prepared { dir: args.target.clone(), cached: true } } else { prepare::built_folder(&args.target, &runtime()?, &engine)? }
     } else {
         let Some(max_memory) = args.max_memory else { bail!("--max-memory is needed to split {} (or give a split's folder)", args.target.display()) };
         let options = SplitOptions {
@@ -738,7 +751,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             memory: MemoryModel::default(),
             cost: CostArgs { hop_ms: 2.0, bandwidth_mbps: 500.0, gflops: 10.0 }.model(),
         };
-        prepare::model(&args.target, &options, &runtime()?, &cache_root().join("builds"))?
+        prepare::model(&args.target, &options, &runtime()?, &engine, &cache_root().join("builds"))?
     };
     let verb = if prepared.cached { "using" } else { "built" };
     eprintln!("{verb} {}", prepared.dir.display());
@@ -765,7 +778,6 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         let replicas = pool.start(&std::env::current_exe()?, &prepared.dir, plan.segments.len(), workers as usize, &options)?;
         return serve_service(Service::gateway(&prepared.dir, replicas, args.hop_timeout, options)?, args.listen);
     }
-    let engine = Engine::new(cache_dir())?;
     serve_service(Service::load(&engine, &prepared.dir, options)?, args.listen)
 }
 

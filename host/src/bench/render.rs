@@ -258,6 +258,48 @@ impl Report {
         }
         let _ = writeln!(
             w,
+            "\nPre-initialised segments (`netless build` without `--lazy`: the model is prepared inside `seg-NN.wasm`; ms; \
+             cold start = precompiled load + instantiation + first call):\n\n\
+             | K | seg | seg-NN.wasm | compile | precompiled load | instantiate | 1st call | cold start | 1st inference | 2nd inference | peak memory / budget |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
+        for c in &self.configs {
+            for s in &c.segments {
+                if let Some(p) = &s.preinitialized {
+                    let _ = writeln!(
+                        w,
+                        "| {} | {} | {:.1} MB | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} / {} ({:.0} %) |",
+                        c.k,
+                        s.index,
+                        p.component_bytes as f64 / 1e6,
+                        p.compile_ms,
+                        p.load_ms,
+                        p.instantiate_ms,
+                        p.first_call_ms,
+                        p.cold_start_ms,
+                        p.first_infer_ms,
+                        p.warm_infer_ms,
+                        mib(p.peak_memory),
+                        mib(s.budget),
+                        100.0 * p.peak_memory as f64 / s.budget.max(1) as f64
+                    );
+                }
+            }
+        }
+        for c in &self.configs {
+            if let Some(m) = &c.preinitialized {
+                let _ = writeln!(
+                    w,
+                    "\nK={}: pre-initialising took {}; the pre-initialised pipeline ran at {} mean, outputs {}.",
+                    c.k,
+                    opt_ms(c.preinit_ms),
+                    m.timing.as_ref().map_or("n/a".into(), |t| format!("{:.1} ms", t.mean_ms)),
+                    if m.passed { "pass" } else { "FAIL" }
+                );
+            }
+        }
+        let _ = writeln!(
+            w,
             "\nComposed pipeline (one store for all segments):\n\n| K | load (incl. compile) ms | peak memory / budget |\n|---:|---:|---|"
         );
         for c in &self.configs {

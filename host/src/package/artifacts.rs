@@ -2,14 +2,18 @@
 //! runtime and the segment's ONNX file without running a compiler per segment.
 //!
 //! Layout under the plan's folder: `components/runtime.wasm` (the generic runtime, shared),
-//! `components/seg-NN.data.wasm` (the segment's data component) and `components/seg-NN.wasm` (the two
-//! composed: the deployable artifact).
+//! `components/seg-NN.data.wasm` (the segment's data component) and `components/seg-NN.wasm` (the
+//! deployable artifact). [`preinitialize`] then makes each `seg-NN.wasm` a snapshot of the runtime
+//! with its model already prepared, and records that in `components/preinitialized.json`.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use super::{compose, data_component};
 use crate::plan::Plan;
+use crate::runtime::{Engine, Limits};
 use crate::{Error, Result, progress};
 
 /// The folder of components inside a plan's folder.
@@ -95,6 +99,73 @@ fn build_into(staging: &Path, dir: &Path, plan: &Plan, runtime: &[u8]) -> Result
     bar.finish_and_clear();
     Ok(built)
 }
+
+/// The record of a pre-initialised build, `components/preinitialized.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Preinitialized {
+    /// One entry per segment, in order.
+    pub segments: Vec<Snapshot>,
+}
+
+/// What pre-initialising one segment produced.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The segment's index.
+    pub index: usize,
+    /// Size of the pre-initialised `seg-NN.wasm`.
+    pub component_bytes: u64,
+    /// Seconds to prepare, snapshot and compose it.
+    pub seconds: f64,
+}
+
+/// The pre-initialisation record of a built plan folder, if it was pre-initialised.
+pub fn preinitialized(dir: &Path) -> Option<Preinitialized> {
+    let text = std::fs::read_to_string(preinitialized_path(dir)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn preinitialized_path(dir: &Path) -> PathBuf {
+    dir.join(DIR).join("preinitialized.json")
+}
+
+/// Replaces every built `seg-NN.wasm` with a pre-initialised one: the runtime is instantiated
+/// with the segment's data under the segment's memory budget, prepares the model, and its state is
+/// snapshotted (Wizer), then composed with an empty data component. A new instance of it starts
+/// with the model prepared: wasmtime maps the snapshot's memory copy-on-write.
+///
+/// Snapshots are reproducible (segments get a fixed-seed random source). A segment whose
+/// preparation fails or exceeds its budget fails here, naming it.
+pub fn preinitialize(dir: &Path, plan: &Plan, engine: &Engine) -> Result<Preinitialized> {
+    let runtime = read_runtime(dir)?;
+    let empty = data_component::build(&[]).map_err(|e| Error::Package { what: "an empty data component".into(), reason: e.to_string() })?;
+    let _ = std::fs::remove_file(preinitialized_path(dir));
+    let bar = progress::bytes(plan.segments.iter().map(|s| s.bytes).sum(), "pre-initialising");
+    let mut segments = Vec::new();
+    for seg in &plan.segments {
+        let started = Instant::now();
+        let what = format!("segment {} ({})", seg.index, seg.file);
+        let data_path = data_path(dir, seg.index);
+        let data = std::fs::read(&data_path).map_err(|e| Error::Package { what: what.clone(), reason: format!("{}: {e} (run `netless build` first)", data_path.display()) })?;
+        let limits = Limits { memory_bytes: seg.estimated_memory, deadline: PREPARE_DEADLINE };
+        let snapshot = engine.snapshot_segment(&runtime, &data, limits).map_err(|cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause })?;
+        let component = compose::segment(&snapshot, &empty).map_err(|e| Error::Package { what: what.clone(), reason: e.to_string() })?;
+        validate(&what, &component)?;
+        let path = segment_path(dir, seg.index);
+        let tmp = path.with_extension("wasm.partial");
+        std::fs::write(&tmp, &component).map_err(Error::io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
+        segments.push(Snapshot { index: seg.index, component_bytes: component.len() as u64, seconds: started.elapsed().as_secs_f64() });
+        bar.inc(seg.bytes);
+    }
+    bar.finish_and_clear();
+    let record = Preinitialized { segments };
+    let path = preinitialized_path(dir);
+    std::fs::write(&path, serde_json::to_string_pretty(&record).expect("serialisable")).map_err(Error::io(&path))?;
+    Ok(record)
+}
+
+/// How long one segment's model preparation may take at build time.
+const PREPARE_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Composes a built plan's segments into `dir/pipeline.wasm` with the pair combinator.
 pub fn compose_pipeline(dir: &Path, plan: &Plan, composer: &[u8]) -> Result<PathBuf> {

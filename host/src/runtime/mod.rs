@@ -8,7 +8,9 @@
 mod bindings {
     wasmtime::component::bindgen!({ world: "segment", path: "../wit" });
 }
+mod function_cache;
 mod segment;
+mod snapshot;
 mod tensor;
 
 use std::hash::{Hash, Hasher};
@@ -119,7 +121,7 @@ impl Engine {
             path: cache_dir.clone(),
             source,
         })?;
-        let engine = new_engine()?;
+        let engine = new_engine(&cache_dir)?;
         let mut composed_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut composed_linker).map_err(EngineError::Config)?;
         let mut runtime_linker = composed_linker.clone();
@@ -140,6 +142,12 @@ impl Engine {
     /// and the component's bytes, so a changed engine or component never loads stale code.
     pub fn component(&self, wasm: &[u8]) -> Result<Component, EngineError> {
         compile_cached(&self.engine, &self.cache_dir, wasm)
+    }
+
+    /// [`Engine::component`] for a file; a file compiled before is neither read nor hashed again
+    /// (it is found by path, size, modification time and inode), so loading it is one `mmap`.
+    pub fn component_file(&self, path: &Path) -> Result<Component, EngineError> {
+        compile_file_cached(&self.engine, &self.cache_dir, path)
     }
 
     /// Loads the generic runtime component (`netless-segment`, world `segment-runtime`).
@@ -207,6 +215,22 @@ impl Engine {
             engine: self.engine.clone(),
             ticker: self.ticker.clone(),
             parts,
+            limits,
+            label,
+        })
+    }
+
+    /// Compiles (or loads from the cache) a self-contained segment component file, such as a
+    /// pre-initialised `seg-NN.wasm`, and links it once for any number of instances.
+    pub fn composed_factory(&self, path: &Path, limits: Limits) -> Result<SegmentFactory, SegmentError> {
+        let label = path.display().to_string();
+        let load = |message: String| SegmentError::Load { segment: label.clone(), message };
+        let component = self.component_file(path).map_err(|e| load(e.to_string()))?;
+        let pre = self.composed_linker.instantiate_pre(&component).map_err(|e| load(format!("{e:#}")))?;
+        Ok(SegmentFactory {
+            engine: self.engine.clone(),
+            ticker: self.ticker.clone(),
+            parts: Parts::Composed(pre),
             limits,
             label,
         })
@@ -283,9 +307,12 @@ impl Hasher for Sha256Hasher {
 
 /// A wasmtime engine for NetLess's components: the component model, SIMD (tract's kernels), epoch
 /// interruption (deadlines) and the pooling allocator.
-pub(crate) fn new_engine() -> Result<wasmtime::Engine, EngineError> {
+pub(crate) fn new_engine(cache_dir: &Path) -> Result<wasmtime::Engine, EngineError> {
     let mut config = Config::new();
+    let functions = function_cache::FunctionCache::new(cache_dir.join("functions"));
     config
+        .enable_incremental_compilation(Arc::new(functions))
+        .map_err(EngineError::Config)?
         .wasm_component_model(true)
         .wasm_simd(true)
         .wasm_relaxed_simd(true)
@@ -315,22 +342,60 @@ fn pooling() -> PoolingAllocationConfig {
 /// The cache key is the SHA-256 of wasmtime's compatibility hash (version, target, settings)
 /// and the component's bytes, so a changed engine or component never loads stale code.
 pub(crate) fn compile_cached(engine: &wasmtime::Engine, cache_dir: &Path, wasm: &[u8]) -> Result<Component, EngineError> {
+    let hash = cache_key(engine, wasm);
+    load_or_compile(engine, &cache_dir.join(format!("{hash}.cwasm")), &hash, wasm)
+}
+
+/// [`compile_cached`] for a component file, without reading or hashing the file when it was
+/// compiled before: an index under `cache_dir/files/`, keyed by the file's path, size,
+/// modification time and inode, remembers its cache key.
+pub(crate) fn compile_file_cached(engine: &wasmtime::Engine, cache_dir: &Path, path: &Path) -> Result<Component, EngineError> {
+    let io = |source| EngineError::Cache { path: path.to_path_buf(), source };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let mut key = Sha256Hasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut key);
+    let mut id = key.0;
+    id.update(std::path::absolute(path).map_err(io)?.as_os_str().as_encoded_bytes());
+    id.update(meta.len().to_le_bytes());
+    let modified = meta.modified().map_err(io)?.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    id.update(modified.as_nanos().to_le_bytes());
+    #[cfg(unix)]
+    id.update(std::os::unix::fs::MetadataExt::ino(&meta).to_le_bytes());
+    let index = cache_dir.join("files").join(hex(&id.finalize()));
+    if let Ok(hash) = std::fs::read_to_string(&index) {
+        let compiled = cache_dir.join(format!("{hash}.cwasm"));
+        if compiled.is_file() {
+            return deserialize(engine, &compiled, &hash);
+        }
+    }
+    let wasm = std::fs::read(path).map_err(io)?;
+    let hash = cache_key(engine, &wasm);
+    let component = load_or_compile(engine, &cache_dir.join(format!("{hash}.cwasm")), &hash, &wasm)?;
+    let files = cache_dir.join("files");
+    std::fs::create_dir_all(&files).map_err(|source| EngineError::Cache { path: files, source })?;
+    write_atomically(&index, hash.as_bytes())?;
+    Ok(component)
+}
+
+fn cache_key(engine: &wasmtime::Engine, wasm: &[u8]) -> String {
     let mut key = Sha256Hasher(Sha256::new());
     engine.precompile_compatibility_hash().hash(&mut key);
     key.0.update(wasm);
-    let hash = hex(&key.0.finalize());
-    let path = cache_dir.join(format!("{hash}.cwasm"));
-    let compile = |source| EngineError::Compile {
-        hash: hash.clone(),
-        source,
-    };
+    hex(&key.0.finalize())
+}
+
+fn load_or_compile(engine: &wasmtime::Engine, path: &Path, hash: &str, wasm: &[u8]) -> Result<Component, EngineError> {
     if !path.exists() {
-        let code = engine.precompile_component(wasm).map_err(compile)?;
-        write_atomically(&path, &code)?;
+        let code = engine.precompile_component(wasm).map_err(|source| EngineError::Compile { hash: hash.to_string(), source })?;
+        write_atomically(path, &code)?;
     }
+    deserialize(engine, path, hash)
+}
+
+fn deserialize(engine: &wasmtime::Engine, path: &Path, hash: &str) -> Result<Component, EngineError> {
     // SAFETY: the file was written by `precompile_component` of an engine with the same
     // compatibility hash (it is in the file name), into a cache folder this process owns.
-    unsafe { Component::deserialize_file(engine, &path) }.map_err(compile)
+    unsafe { Component::deserialize_file(engine, path) }.map_err(|source| EngineError::Compile { hash: hash.to_string(), source })
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{InstancePre, Linker, ResourceTable, TypedFunc};
+use wasmtime::component::{Instance, InstancePre, Linker, ResourceTable, TypedFunc};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -165,6 +167,7 @@ fn linked(data: Option<DataFuncs>) -> wasmtime::Result<DataFuncs> {
 /// A live instance: its store, the guest's exports, and whether it has been called yet.
 struct Live {
     store: Store<State>,
+    instance: Instance,
     guest: bindings::Segment,
     called: bool,
 }
@@ -276,6 +279,12 @@ impl Segment {
         self.stats
     }
 
+    /// Runs `f` on the live instance's store and component instance (for snapshotting it).
+    pub(crate) fn with_instance<R>(&mut self, f: impl FnOnce(&mut Store<State>, Instance) -> R) -> Option<R> {
+        let live = self.live.as_mut()?;
+        Some(f(&mut live.store, live.instance))
+    }
+
     /// Calls into the live instance (creating it first if needed) under the deadline; a trap,
     /// deadline or memory refusal discards the instance.
     fn call<R>(
@@ -318,6 +327,9 @@ impl Segment {
         self.stats.instances += 1;
         let state = State {
             wasi: WasiCtx::builder()
+                .secure_random(StdRng::seed_from_u64(0))
+                .insecure_random(StdRng::seed_from_u64(1))
+                .insecure_random_seed(0)
                 .allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
@@ -356,12 +368,15 @@ impl Segment {
                 runtime.instantiate(&mut store)
             }),
         };
-        let guest = instance.and_then(|instance| bindings::Segment::new(&mut store, &instance));
+        let guest = instance.and_then(|instance| {
+            bindings::Segment::new(&mut store, &instance).map(|guest| (instance, guest))
+        });
         match guest {
-            Ok(guest) => {
+            Ok((instance, guest)) => {
                 self.stats.instantiate = started.elapsed();
                 Ok(Live {
                     store,
+                    instance,
                     guest,
                     called: false,
                 })

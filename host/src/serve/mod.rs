@@ -90,11 +90,16 @@ pub struct Service {
 }
 
 impl Service {
-    /// Loads the built plan in `dir`: compiles (or loads from the cache) the runtime and every
-    /// segment's data component. No instance starts until a request needs one.
+    /// Loads the built plan in `dir`: compiles (or loads from the cache) every pre-initialised
+    /// segment, or else the runtime and every segment's data component. No instance starts until
+    /// a request needs one.
     pub fn load(engine: &Engine, dir: &Path, options: ServeOptions) -> Result<Service> {
         let plan = Plan::load(dir)?;
-        let runtime = engine.load_runtime(&artifacts::read_runtime(dir)?)?;
+        let preinitialized = artifacts::preinitialized(dir).is_some();
+        let runtime = match preinitialized {
+            true => None,
+            false => Some(engine.load_runtime(&artifacts::read_runtime(dir)?)?),
+        };
         let name = options.name.clone().unwrap_or_else(|| model_name(&plan.model.name));
         let metrics = Arc::new(Metrics::new());
         let mut stages = Vec::new();
@@ -103,12 +108,16 @@ impl Service {
                 stages.push(Stage::Absent);
                 continue;
             }
-            let data_path = artifacts::data_path(dir, seg.index);
-            let data = std::fs::read(&data_path).map_err(Error::io(&data_path))?;
             let limits = Limits { memory_bytes: seg.estimated_memory, deadline: options.deadline };
-            let factory = engine
-                .segment_factory(&runtime, &data, limits)
-                .map_err(|cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause })?;
+            let stage = |cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause };
+            let factory = match &runtime {
+                None => engine.composed_factory(&artifacts::segment_path(dir, seg.index), limits).map_err(stage)?,
+                Some(runtime) => {
+                    let data_path = artifacts::data_path(dir, seg.index);
+                    let data = std::fs::read(&data_path).map_err(Error::io(&data_path))?;
+                    engine.segment_factory(runtime, &data, limits).map_err(stage)?
+                }
+            };
             let function = Function::new(oip::rest::segment_name(&name, seg.index), factory, options.scaling, metrics.clone());
             stages.push(Stage::Local(Arc::new(function)));
         }

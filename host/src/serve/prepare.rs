@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 
 use crate::package::artifacts;
 use crate::plan::Plan;
+use crate::runtime::Engine;
 use crate::split::{Split, SplitOptions};
 use crate::{Error, Result};
 
@@ -31,18 +32,19 @@ pub fn is_built(dir: &Path) -> bool {
 }
 
 /// Builds the components of the split in `dir` if they are missing.
-pub fn built_folder(dir: &Path, runtime: &[u8]) -> Result<Prepared> {
+pub fn built_folder(dir: &Path, runtime: &[u8], engine: &Engine) -> Result<Prepared> {
     if is_built(dir) {
         return Ok(Prepared { dir: dir.to_path_buf(), cached: true });
     }
     let plan = Plan::load(dir)?;
     artifacts::build(dir, &plan, runtime)?;
+    artifacts::preinitialize(dir, &plan, engine)?;
     Ok(Prepared { dir: dir.to_path_buf(), cached: false })
 }
 
 /// Splits and builds `model` under `cache`, in a folder named by the model's stem and a hash of
 /// the model, the options, the runtime and this version of NetLess; reuses it when it is there.
-pub fn model(model: &Path, options: &SplitOptions, runtime: &[u8], cache: &Path) -> Result<Prepared> {
+pub fn model(model: &Path, options: &SplitOptions, runtime: &[u8], engine: &Engine, cache: &Path) -> Result<Prepared> {
     let bytes = std::fs::read(model).map_err(Error::io(model))?;
     let mut key = Sha256::new();
     key.update(env!("CARGO_PKG_VERSION"));
@@ -52,11 +54,12 @@ pub fn model(model: &Path, options: &SplitOptions, runtime: &[u8], cache: &Path)
     let key: String = key.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
     let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let dir = cache.join(format!("{stem}-{key}"));
-    if is_built(&dir) {
+    if is_built(&dir) && artifacts::preinitialized(&dir).is_some() {
         return Ok(Prepared { dir, cached: true });
     }
     std::fs::create_dir_all(cache).map_err(Error::io(cache))?;
     let plan = Split::new(model, options)?.write(&dir)?;
     artifacts::build(&dir, &plan, runtime)?;
+    artifacts::preinitialize(&dir, &plan, engine)?;
     Ok(Prepared { dir, cached: false })
 }

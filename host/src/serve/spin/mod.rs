@@ -122,7 +122,7 @@ impl SpinApp {
         let base = manifest_path.parent().map(Path::to_path_buf).unwrap_or_default();
         let values = variables::application_values(&manifest, &options.variables).map_err(|reason| Error::Plan { path: manifest_path.into(), reason })?;
 
-        let engine = new_engine()?;
+        let engine = new_engine(cache_dir)?;
         let mut linker: Linker<StoreState> = Linker::new(&engine);
         let link = |e: wasmtime::Error| Error::Engine(EngineError::Config(e));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
