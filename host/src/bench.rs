@@ -999,7 +999,7 @@ fn summarise(
         ));
     }
     let target = |name: String, measured: Option<f64>, goal: f64, note: String| {
-        let unit = if name.ends_with("preparation") {
+        let unit = if name.starts_with("cold start") {
             "ms"
         } else {
             "x"

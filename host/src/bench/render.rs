@@ -290,7 +290,7 @@ impl Report {
             if let Some(m) = &c.preinitialized {
                 let _ = writeln!(
                     w,
-                    "\nK={}: pre-initialising took {}; the pre-initialised pipeline ran at {} mean, outputs {}.",
+                    "\nK={}: pre-initialising took {} ms; the pre-initialised pipeline ran at {} mean, outputs {}.",
                     c.k,
                     opt_ms(c.preinit_ms),
                     m.timing.as_ref().map_or("n/a".into(), |t| format!("{:.1} ms", t.mean_ms)),
