@@ -301,6 +301,22 @@ pub struct Target {
     pub note: String,
 }
 
+/// Where native tract and the wasm runtime spend one inference of the unsplit model, by operator of
+/// tract's optimised plan (each plan is optimised for its own target, so node counts may differ).
+#[derive(Clone, Debug, Serialize)]
+pub struct OperatorTime {
+    /// tract's operator name.
+    pub op: String,
+    /// Nodes of that operator in the native plan.
+    pub native_nodes: usize,
+    /// Nodes of that operator in the wasm plan.
+    pub wasm_nodes: usize,
+    /// Mean time per inference in native tract, ms.
+    pub native_ms: f64,
+    /// Mean time per inference in the wasm runtime, ms.
+    pub wasm_ms: f64,
+}
+
 /// The whole benchmark.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -334,6 +350,8 @@ pub struct Report {
     pub ratios: Vec<Ratio>,
     /// The targets.
     pub targets: Vec<Target>,
+    /// One inference of the unsplit model in native tract and in the wasm runtime, by operator.
+    pub operators: Vec<OperatorTime>,
 }
 
 impl Report {
@@ -447,6 +465,10 @@ pub fn run(options: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<Report> 
         result?;
         times.push(t);
     }
+    let mut native_profile = Vec::new();
+    for _ in 0..options.runs {
+        native_profile.extend(native.profile(&inputs)?);
+    }
     drop(native);
     let native = NativeResult {
         prepare_ms,
@@ -504,6 +526,14 @@ pub fn run(options: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<Report> 
         }
         configs.push(config);
     }
+    log("wasm unsplit: profiling by operator");
+    let operators = match operator_breakdown(&engine, &runtime, &out.join("k1"), &wire, options, &native_profile) {
+        Ok(operators) => operators,
+        Err(e) => {
+            log(&format!("profiling by operator: {e}"));
+            Vec::new()
+        }
+    };
     drop(runtime);
     drop(engine);
     let _ = std::fs::remove_dir_all(&cache);
@@ -534,7 +564,55 @@ pub fn run(options: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<Report> 
         configs,
         ratios,
         targets,
+        operators,
     })
+}
+
+/// Profiles the K=1 segment in the wasm runtime (`options.runs` inferences after a warm-up) and joins
+/// it by operator with native tract's profile of as many runs.
+fn operator_breakdown(
+    engine: &Engine,
+    runtime: &Runtime,
+    k1: &Path,
+    wire: &HashMap<String, crate::runtime::Tensor>,
+    options: &BenchOptions,
+    native: &[(String, u64)],
+) -> Result<Vec<OperatorTime>> {
+    let plan = crate::plan::Plan::load(k1)?;
+    let blob = plan.read_segment(k1, 0)?;
+    let limits = Limits { memory_bytes: plan.segments[0].estimated_memory, deadline: options.deadline };
+    let stage = |cause| Error::Stage { index: 0, file: plan.segments[0].file.clone(), cause };
+    let mut segment = engine.load_segment(runtime, &blob, limits).map_err(stage)?;
+    let inputs: Vec<_> = segment.info().inputs.iter().filter_map(|spec| wire.get(&spec.name).cloned()).collect();
+    segment.profile(inputs.clone()).map_err(stage)?;
+    let mut wasm = Vec::new();
+    for _ in 0..options.runs {
+        wasm.extend(segment.profile(inputs.clone()).map_err(stage)?.into_iter().map(|t| (t.op, t.nanos)));
+    }
+    let runs = options.runs.max(1) as f64;
+    let mut by_op: Vec<OperatorTime> = Vec::new();
+    for (side, times) in [(0, native), (1, wasm.as_slice())] {
+        for (op, nanos) in times {
+            let row = match by_op.iter().position(|r| &r.op == op) {
+                Some(i) => &mut by_op[i],
+                None => {
+                    by_op.push(OperatorTime { op: op.clone(), native_nodes: 0, wasm_nodes: 0, native_ms: 0.0, wasm_ms: 0.0 });
+                    by_op.last_mut().expect("just pushed")
+                }
+            };
+            let ms = *nanos as f64 / 1e6 / runs;
+            match side {
+                0 => (row.native_nodes, row.native_ms) = (row.native_nodes + 1, row.native_ms + ms),
+                _ => (row.wasm_nodes, row.wasm_ms) = (row.wasm_nodes + 1, row.wasm_ms + ms),
+            }
+        }
+    }
+    for row in &mut by_op {
+        row.native_nodes /= options.runs.max(1);
+        row.wasm_nodes /= options.runs.max(1);
+    }
+    by_op.sort_by(|a, b| b.wasm_ms.total_cmp(&a.wasm_ms));
+    Ok(by_op)
 }
 
 /// What every configuration shares.

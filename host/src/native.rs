@@ -54,6 +54,36 @@ impl NativeModel {
     /// converted to their declared element types.
     pub fn run(&self, env: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>> {
         let fail = |e: TractError| Error::Tract { what: self.what.clone(), reason: format!("{e:#}") };
+        let outputs = self.runnable.run(self.feed(env)?).map_err(fail)?;
+        self.outputs
+            .iter()
+            .zip(outputs)
+            .map(|((name, dtype), value)| {
+                let dt = dtype.to_tract().unwrap_or(DatumType::F32);
+                let tensor = value.into_tensor();
+                let tensor = if tensor.datum_type() == dt { tensor } else { tensor.cast_to_dt(dt).map_err(fail)?.into_owned() };
+                Ok((name.clone(), tensor))
+            })
+            .collect()
+    }
+
+    /// Runs the model timing every node of the plan: `(operator, nanoseconds)` in execution order.
+    pub fn profile(&self, env: &HashMap<String, Tensor>) -> Result<Vec<(String, u64)>> {
+        let fail = |e: TractError| Error::Tract { what: self.what.clone(), reason: format!("{e:#}") };
+        let mut times = Vec::new();
+        let mut state = self.runnable.spawn().map_err(fail)?;
+        state
+            .run_plan_with_eval(self.feed(env)?, |context, op_state, node, input| {
+                let started = std::time::Instant::now();
+                let output = tract_onnx::tract_core::plan::eval(context, op_state, node, input);
+                times.push((node.op().name().to_string(), started.elapsed().as_nanos() as u64));
+                output
+            })
+            .map_err(fail)?;
+        Ok(times)
+    }
+
+    fn feed(&self, env: &HashMap<String, Tensor>) -> Result<TVec<TValue>> {
         let mut values = TVec::new();
         for spec in &self.inputs {
             let tensor = env.get(&spec.name).ok_or_else(|| Error::Tensor {
@@ -66,16 +96,6 @@ impl NativeModel {
             }
             values.push(tensor.clone().into_tvalue());
         }
-        let outputs = self.runnable.run(values).map_err(fail)?;
-        self.outputs
-            .iter()
-            .zip(outputs)
-            .map(|((name, dtype), value)| {
-                let dt = dtype.to_tract().unwrap_or(DatumType::F32);
-                let tensor = value.into_tensor();
-                let tensor = if tensor.datum_type() == dt { tensor } else { tensor.cast_to_dt(dt).map_err(fail)?.into_owned() };
-                Ok((name.clone(), tensor))
-            })
-            .collect()
+        Ok(values)
     }
 }

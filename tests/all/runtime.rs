@@ -172,6 +172,23 @@ fn invalid_inputs_are_rejected_naming_the_tensor() {
 }
 
 #[test]
+fn the_runtime_profiles_an_inference_node_by_node() {
+    let Some(runtime) = common::runtime() else {
+        return;
+    };
+    let mut segment = common::engine()
+        .load_segment(runtime, &tiny_model(), common::roomy())
+        .unwrap();
+    let times = segment.profile(tiny_inputs()).unwrap();
+    assert!(!times.is_empty());
+    assert!(times.iter().all(|t| !t.op.is_empty() && !t.name.is_empty()), "{times:?}");
+    assert!(times.iter().any(|t| t.op.contains("Add")), "{times:?}");
+    let err = segment.profile(vec![tiny_inputs()[0].clone()]).unwrap_err();
+    assert!(matches!(err, SegmentError::InvalidInput { .. }), "{err}");
+    assert_eq!(segment.infer(tiny_inputs()).unwrap()[0].to_f32().unwrap(), [11.0, 22.0]);
+}
+
+#[test]
 fn composed_component_is_valid_and_runs_by_itself() {
     let Some(path) = common::runtime_wasm() else {
         return;
@@ -188,6 +205,8 @@ fn composed_component_is_valid_and_runs_by_itself() {
     assert_eq!(segment.info().model, "tiny");
     let outputs = segment.infer(tiny_inputs()).unwrap();
     assert_eq!(outputs[0].to_f32().unwrap(), [11.0, 22.0]);
+    let err = segment.profile(tiny_inputs()).unwrap_err().to_string();
+    assert!(err.contains("does not export netless:inference/profile"), "{err}");
 }
 
 fn npy(name: &str) -> Option<ArrayD<f32>> {

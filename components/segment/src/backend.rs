@@ -1,12 +1,16 @@
 //! The one seam to the inference engine: prepare a model once, compute named tensors with it.
 
+use std::time::Instant;
+
 use tract_onnx::pb;
 use tract_onnx::prelude::{
-    Arc, DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TVec,
-    Tensor as TractTensor, TypedRunnableModel,
+    Arc, DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TValue,
+    TVec, Tensor as TractTensor, TypedRunnableModel,
 };
+use tract_onnx::tract_core::plan::eval;
 
 use crate::contract::{Contract, type_name};
+use crate::exports::netless::inference::profile::NodeTime;
 use crate::netless::inference::types::{Error, Tensor, TensorType};
 
 /// A model optimised and ready to run; outputs that merely pass an input through are not in it.
@@ -93,20 +97,46 @@ impl Prepared {
         let Some(plan) = &self.plan else {
             return Ok(Vec::new());
         };
-        let feed = self
-            .input_order
-            .iter()
-            .map(|&i| to_tract(&inputs[i]).map(IntoTValue::into_tvalue))
-            .collect::<Result<TVec<_>, _>>()?;
-        let results = plan
-            .run(feed)
-            .map_err(|e| Error::Internal(format!("{e:#}")))?;
+        let results = plan.run(self.feed(inputs)?).map_err(internal)?;
         results
             .iter()
             .zip(&self.outputs)
             .map(|(t, name)| from_tract(name, t))
             .collect()
     }
+
+    /// Runs the model as [`Prepared::run`] does, timing every node of the plan.
+    pub fn profile(&self, inputs: &[Tensor]) -> Result<Vec<NodeTime>, Error> {
+        let Some(plan) = &self.plan else {
+            return Ok(Vec::new());
+        };
+        let mut times = Vec::new();
+        let mut state = plan.spawn().map_err(internal)?;
+        state
+            .run_plan_with_eval(self.feed(inputs)?, |context, op_state, node, input| {
+                let started = Instant::now();
+                let output = eval(context, op_state, node, input);
+                times.push(NodeTime {
+                    name: node.name.clone(),
+                    op: node.op().name().to_string(),
+                    nanos: started.elapsed().as_nanos() as u64,
+                });
+                output
+            })
+            .map_err(internal)?;
+        Ok(times)
+    }
+
+    fn feed(&self, inputs: &[Tensor]) -> Result<TVec<TValue>, Error> {
+        self.input_order
+            .iter()
+            .map(|&i| to_tract(&inputs[i]).map(IntoTValue::into_tvalue))
+            .collect()
+    }
+}
+
+fn internal(e: tract_onnx::prelude::TractError) -> Error {
+    Error::Internal(format!("{e:#}"))
 }
 
 /// The tract type of a WIT tensor type; tract has no bf16.

@@ -74,4 +74,15 @@ impl Guest for Runtime {
     }
 }
 
+impl exports::netless::inference::profile::Guest for Runtime {
+    fn infer_profiled(
+        inputs: Vec<Tensor>,
+    ) -> Result<Vec<exports::netless::inference::profile::NodeTime>, Error> {
+        with_loaded(|loaded| {
+            let model = loaded.model.as_ref().map_err(Clone::clone)?;
+            model.profile(&loaded.contract.validate(inputs)?)
+        })
+    }
+}
+
 export!(Runtime);

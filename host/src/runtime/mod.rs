@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use segment::{Segment, SegmentError, SegmentStats};
+pub use segment::{NodeTime, Segment, SegmentError, SegmentStats};
 pub(crate) use segment::ticks;
 pub use tensor::{DType, SegmentInfo, Tensor, TensorSpec};
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Instance, InstancePre, Linker, ResourceTable, TypedFunc};
+use wasmtime::component::{ComponentType, Instance, InstancePre, Lift, Linker, ResourceTable, TypedFunc};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use wasmtime::{ResourceLimiter, Store, Trap};
@@ -72,6 +72,21 @@ pub enum SegmentError {
         /// The trap and its wasm backtrace.
         message: String,
     },
+}
+
+/// The runtime's profiling interface.
+const PROFILE: &str = "netless:inference/profile@0.1.0";
+
+/// The time one node of a segment's plan took in one profiled inference.
+#[derive(Debug, Clone, PartialEq, Eq, ComponentType, Lift)]
+#[component(record)]
+pub struct NodeTime {
+    /// The node's name in tract's optimised plan.
+    pub name: String,
+    /// Its operator, as tract names it.
+    pub op: String,
+    /// Wall-clock time of its evaluation.
+    pub nanos: u64,
 }
 
 /// How a segment's instance is put together.
@@ -224,7 +239,7 @@ impl Segment {
             peak: 0,
             stats: SegmentStats::default(),
         };
-        let info = segment.call(|guest, store| guest.call_info(store))?;
+        let info = segment.call(|guest, store, _| guest.call_info(store))?;
         segment.label = format!(
             "{} of {} ({}/{})",
             info.index,
@@ -249,11 +264,25 @@ impl Segment {
     /// Runs the segment; outputs come back in the contract's output order.
     pub fn infer(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, SegmentError> {
         let inputs: Vec<wit::Tensor> = inputs.into_iter().map(Into::into).collect();
-        let result = self.call(|guest, store| guest.call_infer(store, &inputs))?;
+        let result = self.call(|guest, store, _| guest.call_infer(store, &inputs))?;
         match result {
             Ok(outputs) => Ok(outputs.into_iter().map(Into::into).collect()),
             Err(e) => Err(self.guest_error(e)),
         }
+    }
+
+    /// Runs the segment timing every node of its plan: the generic runtime's `profile` export,
+    /// so only a segment of the runtime and a data component ([`super::Engine::load_segment`]) has it.
+    pub fn profile(&mut self, inputs: Vec<Tensor>) -> Result<Vec<NodeTime>, SegmentError> {
+        let inputs: Vec<wit::Tensor> = inputs.into_iter().map(Into::into).collect();
+        let result = self.call(|_, store, instance| {
+            let missing = || wasmtime::format_err!("the segment does not export {PROFILE}#infer-profiled");
+            let interface = instance.get_export_index(&mut *store, None, PROFILE).ok_or_else(missing)?;
+            let func = instance.get_export_index(&mut *store, Some(&interface), "infer-profiled").ok_or_else(missing)?;
+            let func = instance.get_typed_func::<(&[wit::Tensor],), (Result<Vec<NodeTime>, wit::Error>,)>(&mut *store, func)?;
+            Ok(func.call(&mut *store, (&inputs,))?.0)
+        })?;
+        result.map_err(|e| self.guest_error(e))
     }
 
     /// Whether the segment holds a live instance (it has none after a trap, a deadline or a memory
@@ -292,6 +321,7 @@ impl Segment {
         f: impl FnOnce(
             &bindings::exports::netless::inference::infer_segment::Guest,
             &mut Store<State>,
+            Instance,
         ) -> wasmtime::Result<R>,
     ) -> Result<R, SegmentError> {
         let mut live = match self.live.take() {
@@ -304,6 +334,7 @@ impl Segment {
         let result = f(
             live.guest.netless_inference_infer_segment(),
             &mut live.store,
+            live.instance,
         );
         if !live.called {
             live.called = true;
