@@ -139,6 +139,7 @@ pub fn preinitialize(dir: &Path, plan: &Plan, engine: &Engine) -> Result<Preinit
     let runtime = read_runtime(dir)?;
     let empty = data_component::build(&[]).map_err(|e| Error::Package { what: "an empty data component".into(), reason: e.to_string() })?;
     let _ = std::fs::remove_file(preinitialized_path(dir));
+    let snapshotter = engine.snapshotter(&runtime).map_err(|cause| Error::Package { what: "the segment runtime".into(), reason: cause.to_string() })?;
     let bar = progress::bytes(plan.segments.iter().map(|s| s.bytes).sum(), "pre-initialising");
     let mut segments = Vec::new();
     for seg in &plan.segments {
@@ -147,7 +148,7 @@ pub fn preinitialize(dir: &Path, plan: &Plan, engine: &Engine) -> Result<Preinit
         let data_path = data_path(dir, seg.index);
         let data = std::fs::read(&data_path).map_err(|e| Error::Package { what: what.clone(), reason: format!("{}: {e} (run `netless build` first)", data_path.display()) })?;
         let limits = Limits { memory_bytes: seg.estimated_memory, deadline: PREPARE_DEADLINE };
-        let snapshot = engine.snapshot_segment(&runtime, &data, limits).map_err(|cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause })?;
+        let snapshot = snapshotter.snapshot(&data, limits).map_err(|cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause })?;
         let component = compose::segment(&snapshot, &empty).map_err(|e| Error::Package { what: what.clone(), reason: e.to_string() })?;
         validate(&what, &component)?;
         let path = segment_path(dir, seg.index);

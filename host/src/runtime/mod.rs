@@ -24,6 +24,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use segment::{NodeTime, Segment, SegmentError, SegmentStats};
+pub use snapshot::Snapshotter;
 pub(crate) use segment::ticks;
 pub use tensor::{DType, SegmentInfo, Tensor, TensorSpec};
 

@@ -10,32 +10,41 @@ use std::task::{Context, Poll, Waker};
 
 use wasmtime::Store;
 use wasmtime::component::{Instance, Lift, WasmList};
-use wasmtime_wizer::{ComponentInstanceState, Wizer};
+use wasmtime_wizer::{ComponentContext, ComponentInstanceState, Wizer};
 
 use super::segment::State;
-use super::{Engine, Limits, SegmentError};
+use super::{Engine, Limits, Runtime, SegmentError};
+
+/// The generic runtime instrumented for snapshots, compiled once for every segment of a build.
+pub struct Snapshotter<'a> {
+    engine: &'a Engine,
+    context: ComponentContext<'a>,
+    instrumented: Runtime,
+}
 
 impl Engine {
-    /// Snapshots the generic runtime after it has prepared the segment in `data` (a data
-    /// component): the result is a runtime component whose memory already holds the prepared
-    /// model. It still imports `segment-data`, which it no longer reads.
-    pub fn snapshot_segment(
-        &self,
-        runtime: &[u8],
-        data: &[u8],
-        limits: Limits,
-    ) -> Result<Vec<u8>, SegmentError> {
+    /// Instruments the generic runtime (`runtime`, the component's bytes) so that prepared
+    /// instances of it can be snapshotted, and compiles (or loads) the instrumented runtime.
+    pub fn snapshotter<'a>(&'a self, runtime: &'a [u8]) -> Result<Snapshotter<'a>, SegmentError> {
+        let load = |message: String| SegmentError::Load { segment: "(the segment runtime)".into(), message };
+        let (context, instrumented) = Wizer::new()
+            .instrument_component(runtime)
+            .map_err(|e| load(format!("instrumenting the runtime: {e:#}")))?;
+        let instrumented = self.load_runtime(&instrumented).map_err(|e| load(e.to_string()))?;
+        Ok(Snapshotter { engine: self, context, instrumented })
+    }
+}
+
+impl Snapshotter<'_> {
+    /// Snapshots the runtime after it has prepared the segment in `data` (a data component)
+    /// under `limits`: the result is a runtime component whose memory already holds the
+    /// prepared model. It still imports `segment-data`, which it no longer reads.
+    pub fn snapshot(&self, data: &[u8], limits: Limits) -> Result<Vec<u8>, SegmentError> {
         let load = |message: String| SegmentError::Load {
             segment: format!("(snapshot of a {} byte data component)", data.len()),
             message,
         };
-        let (context, instrumented) = Wizer::new()
-            .instrument_component(runtime)
-            .map_err(|e| load(format!("instrumenting the runtime: {e:#}")))?;
-        let instrumented = self
-            .load_runtime(&instrumented)
-            .map_err(|e| load(e.to_string()))?;
-        let mut segment = self.segment_factory(&instrumented, data, limits)?.start()?;
+        let mut segment = self.engine.segment_factory(&self.instrumented, data, limits)?.start()?;
         let snapshot = segment.with_instance(|store, instance| {
             // Wizer reads each memory whole, past the default cap on one call's data.
             store.set_hostcall_fuel(usize::MAX);
@@ -44,7 +53,7 @@ impl Engine {
                 instance,
                 failed: None,
             };
-            let snapshot = complete(Wizer::new().snapshot_component(&context, &mut state));
+            let snapshot = complete(Wizer::new().snapshot_component(&self.context, &mut state));
             match state.failed {
                 Some(e) => Err(e),
                 None => snapshot,
