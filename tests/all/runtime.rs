@@ -62,6 +62,33 @@ fn tiny_model() -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// `tiny_model` for vectors of `n` elements.
+fn tiny_model_of(n: i64) -> Vec<u8> {
+    let mut model = pb::ModelProto::decode(tiny_model().as_slice()).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    for value in graph.input.iter_mut().chain(graph.output.iter_mut()) {
+        if let Some(pb::type_proto::Value::TensorType(t)) = value.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            t.shape.as_mut().unwrap().dim[0].value = Some(pb::tensor_shape_proto::dimension::Value::DimValue(n));
+        }
+    }
+    model.encode_to_vec()
+}
+
+#[test]
+fn an_output_larger_than_128_mib_comes_back_whole() {
+    let Some(runtime) = common::runtime() else {
+        return;
+    };
+    let n = (144 << 20) / 4;
+    let limits = Limits { memory_bytes: 2 << 30, deadline: Duration::from_secs(120) };
+    let mut segment = common::engine().load_segment(runtime, &tiny_model_of(n as i64), limits).unwrap();
+    let ones = Tensor::from_f32("x", vec![n as u64], &vec![1.0; n]);
+    let twos = Tensor::from_f32("y", vec![n as u64], &vec![2.0; n]);
+    let outputs = segment.infer(vec![ones, twos]).unwrap();
+    assert_eq!(outputs[0].data.len(), 144 << 20);
+    assert!(outputs[0].to_f32().unwrap().iter().all(|&v| v == 3.0));
+}
+
 fn tiny_inputs() -> Vec<Tensor> {
     vec![
         Tensor::from_f32("y", vec![2], &[10.0, 20.0]),

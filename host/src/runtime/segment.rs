@@ -376,6 +376,8 @@ impl Segment {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.budget);
+        // Outputs may be as large as the segment's memory, past wasmtime's 128 MiB default.
+        store.set_hostcall_fuel(usize::try_from(self.limits.memory_bytes).unwrap_or(usize::MAX));
         store.set_epoch_deadline(ticks(self.limits.deadline));
         let instance = match &self.parts {
             Parts::Composed(pre) => pre.instantiate(&mut store),
