@@ -97,6 +97,7 @@ pub fn run(options: &ServeBenchOptions, cache: PathBuf, log: &mut dyn FnMut(&str
         };
         let plan = Split::new(&options.model, &split_options)?.write(&dir)?;
         artifacts::build(&dir, &plan, &runtime)?;
+        artifacts::preinitialize(&dir, &plan, &engine)?;
         let (request, header) = match &body {
             Some(b) => b,
             None => body.insert(binary_request(&plan.model.inputs)?),
