@@ -3,7 +3,9 @@
 //!
 //! A segment is either the generic runtime plus the segment's blob ([`Engine::load_segment`]: the
 //! big runtime is compiled once for every segment, the small data component per blob, and the host
-//! links the two in one store) or a self-contained composed component ([`Engine::load_composed`]).
+//! links the two in one store) or a self-contained component ([`Engine::load_composed`],
+//! [`Engine::composed_factory`]), such as a pre-initialised segment: a snapshot of the runtime with
+//! its model already prepared ([`Snapshotter`]).
 
 mod bindings {
     wasmtime::component::bindgen!({ world: "segment", path: "../wit" });
