@@ -7,6 +7,9 @@ bash scripts/setup.sh
 source scripts/env.sh
 
 bash scripts/build-components.sh
+# Keeps the tests' compiled-code cache, which grows with every runtime build, within a size.
+cargo build --locked -p netless
+"$NETLESS_BIN" cache prune --dir "$(dirname "$NETLESS_RUNTIME_WASM")/netless-test-cache" --max-size 6GiB
 # builds target/debug/netless too (the integration tests run it), which the Python checks then use
 cargo test --locked -p netless -p netless-oip
 python3 -m pytest -q tests/python

@@ -135,6 +135,11 @@ enum Command {
         #[command(subcommand)]
         target: distribute::DeployCommand,
     },
+    /// Manage the compiled-code cache ($NETLESS_CACHE, else ~/.cache/netless/compiled).
+    Cache {
+        #[command(subcommand)]
+        action: CacheCommand,
+    },
     /// Serve a split's pipeline by calling its segments on other hosts (`netless up --only-segments`
     /// workers) over OIP v2, with replicas, retries and per-hop timeouts.
     Gateway(GatewayArgs),
@@ -393,6 +398,20 @@ impl PlanArgs {
     }
 }
 
+/// What `netless cache` does.
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Remove least recently used compiled code (then the function cache) until the cache fits.
+    Prune {
+        /// The size to fit in.
+        #[arg(long, value_parser = parse_size, default_value = "4GiB")]
+        max_size: u64,
+        /// The cache folder (default: $NETLESS_CACHE, else ~/.cache/netless/compiled).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     let size: bytesize::ByteSize = s.parse().map_err(|e| format!("`{s}` is not a size like 64MiB: {e}"))?;
     if size.as_u64() == 0 {
@@ -518,6 +537,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => gateway(args),
         Command::Push(args) => distribute::push(args),
         Command::Deploy { target } => distribute::deploy(target),
+        Command::Cache { action: CacheCommand::Prune { max_size, dir } } => {
+            let dir = dir.unwrap_or_else(cache_dir);
+            if !dir.is_dir() {
+                println!("{}: no cache yet", dir.display());
+                return Ok(());
+            }
+            let pruned = netless::runtime::prune(&dir, max_size).with_context(|| format!("pruning {}", dir.display()))?;
+            println!(
+                "{}: {} -> {} ({} files removed)",
+                dir.display(),
+                bytesize::ByteSize(pruned.before),
+                bytesize::ByteSize(pruned.after),
+                pruned.removed
+            );
+            Ok(())
+        }
         Command::Bench { hops: true, hop_bytes, netns, requests, out, .. } => {
             let read = |env: &str, name: &str| std::fs::read(component_path(env, name)).ok();
             let runtime = component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm");

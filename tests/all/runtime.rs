@@ -443,3 +443,44 @@ fn a_component_file_is_found_in_the_cache_by_path_and_recompiled_when_it_changes
     let err = netless::runtime::Engine::new(&cache).unwrap().component_file(&file).unwrap_err().to_string();
     assert!(err.contains("compiling component"), "{err}");
 }
+
+#[test]
+fn the_cache_is_pruned_least_recently_used_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let engine = netless::runtime::Engine::new(&cache).unwrap();
+    let [a, b, c] = [b"a".as_slice(), b"bb", b"ccc"].map(|blob| data_component::build(blob).unwrap());
+    let a_file = dir.path().join("a.wasm");
+    std::fs::write(&a_file, &a).unwrap();
+    engine.component_file(&a_file).unwrap();
+    engine.component(&b).unwrap();
+    engine.component(&c).unwrap();
+    let compiled = || {
+        let mut files: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "cwasm")).collect();
+        files.sort();
+        files
+    };
+    let before = compiled();
+    assert_eq!(before.len(), 3);
+    let hours_ago = |h: u64| std::time::SystemTime::now() - Duration::from_secs(h * 3600);
+    for (i, path) in before.iter().enumerate() {
+        std::fs::File::options().append(true).open(path).unwrap().set_modified(hours_ago(3 + i as u64)).unwrap();
+    }
+    netless::runtime::Engine::new(&cache).unwrap().component(&b).unwrap();
+    let used = compiled().into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap()).unwrap();
+    let keep = std::fs::metadata(&used).unwrap().len();
+
+    let pruned = netless::runtime::prune(&cache, keep).unwrap();
+    assert_eq!(compiled(), [used.clone()], "only the component used last is left");
+    assert_eq!(pruned.after, keep);
+    assert!(pruned.before > pruned.after && pruned.removed >= 2, "{pruned:?}");
+    assert!(!cache.join("functions").exists(), "the function cache, older than the last use, went too");
+    assert_eq!(std::fs::read_dir(cache.join("files")).unwrap().count(), 0, "the index entry of a removed component goes too");
+    netless::runtime::Engine::new(&cache).unwrap().component_file(&a_file).unwrap();
+    assert_eq!(compiled().len(), 2, "a pruned component compiles again");
+
+    let out = common::netless(&["cache", "prune", "--dir", cache.to_str().unwrap(), "--max-size", "1KiB"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" files removed)"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(compiled().is_empty());
+}

@@ -11,6 +11,7 @@ mod bindings {
     wasmtime::component::bindgen!({ world: "segment", path: "../wit" });
 }
 mod function_cache;
+mod prune;
 mod segment;
 mod snapshot;
 mod tensor;
@@ -26,6 +27,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use segment::{NodeTime, Segment, SegmentError, SegmentStats};
+pub use prune::{Pruned, prune};
 pub use snapshot::Snapshotter;
 pub(crate) use segment::ticks;
 pub use tensor::{DType, SegmentInfo, Tensor, TensorSpec};
@@ -396,6 +398,7 @@ fn load_or_compile(engine: &wasmtime::Engine, path: &Path, hash: &str, wasm: &[u
 }
 
 fn deserialize(engine: &wasmtime::Engine, path: &Path, hash: &str) -> Result<Component, EngineError> {
+    prune::touch(path);
     // SAFETY: the file was written by `precompile_component` of an engine with the same
     // compatibility hash (it is in the file name), into a cache folder this process owns.
     unsafe { Component::deserialize_file(engine, path) }.map_err(|source| EngineError::Compile { hash: hash.to_string(), source })
