@@ -31,29 +31,18 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Loads the built plan in `dir` (its prebuilt data components, so nothing is rebuilt at start); each segment gets its planned memory budget (the composed pipeline:
-    /// their sum) and `deadline` per call.
+    /// Loads the built plan in `dir` (its built components, so nothing is rebuilt at start); each
+    /// segment gets its planned memory budget (the composed pipeline: their sum) and `deadline` per call.
     pub fn load(engine: &Engine, dir: &Path, mode: Mode, deadline: Duration) -> Result<Pipeline> {
         let plan = Plan::load(dir)?;
         let stages = match mode {
-            Mode::Segments if artifacts::preinitialized(dir).is_some() => plan
-                .segments
-                .iter()
-                .map(|seg| {
-                    let limits = Limits { memory_bytes: seg.estimated_memory, deadline };
-                    let stage = |cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause };
-                    engine.composed_factory(&artifacts::segment_path(dir, seg.index), limits).and_then(|f| f.start()).map_err(stage)
-                })
-                .collect::<Result<Vec<_>>>()?,
             Mode::Segments => {
-                let runtime = engine.load_runtime(&artifacts::read_runtime(dir)?)?;
+                let source = artifacts::SegmentSource::load(engine, dir)?;
                 plan.segments
                     .iter()
                     .map(|seg| {
-                        let data_path = artifacts::data_path(dir, seg.index);
-                        let data = std::fs::read(&data_path).map_err(Error::io(&data_path))?;
-                        let limits = Limits { memory_bytes: seg.estimated_memory, deadline };
-                        engine.load_segment_data(&runtime, &data, limits).map_err(|cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause })
+                        let factory = source.factory(engine, dir, seg, deadline)?;
+                        factory.start().map_err(|cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause })
                     })
                     .collect::<Result<Vec<_>>>()?
             }

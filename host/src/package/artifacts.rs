@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{compose, data_component};
 use crate::plan::Plan;
-use crate::runtime::{Engine, Limits};
+use crate::runtime::{Engine, Limits, Runtime, SegmentFactory};
 use crate::{Error, Result, progress};
 
 /// The folder of components inside a plan's folder.
@@ -163,6 +163,39 @@ pub fn preinitialize(dir: &Path, plan: &Plan, engine: &Engine) -> Result<Preinit
     let path = preinitialized_path(dir);
     std::fs::write(&path, serde_json::to_string_pretty(&record).expect("serialisable")).map_err(Error::io(&path))?;
     Ok(record)
+}
+
+/// Where the host starts a built plan's segments from: the pre-initialised `seg-NN.wasm` files,
+/// or, for a lazy build, the runtime (compiled once) linked with each segment's data component.
+pub enum SegmentSource {
+    /// `seg-NN.wasm` holds the prepared model.
+    Preinitialized,
+    /// The shared runtime; each instance prepares its model on its first call.
+    Lazy(Runtime),
+}
+
+impl SegmentSource {
+    /// What `dir`'s build offers (loading the runtime if it is lazy).
+    pub fn load(engine: &Engine, dir: &Path) -> Result<SegmentSource> {
+        Ok(match preinitialized(dir) {
+            Some(_) => SegmentSource::Preinitialized,
+            None => SegmentSource::Lazy(engine.load_runtime(&read_runtime(dir)?)?),
+        })
+    }
+
+    /// Compiles (or loads) and links segment `seg` with its memory budget and `deadline`.
+    pub fn factory(&self, engine: &Engine, dir: &Path, seg: &crate::plan::file::Segment, deadline: Duration) -> Result<SegmentFactory> {
+        let limits = Limits { memory_bytes: seg.estimated_memory, deadline };
+        let stage = |cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause };
+        match self {
+            SegmentSource::Preinitialized => engine.composed_factory(&segment_path(dir, seg.index), limits).map_err(stage),
+            SegmentSource::Lazy(runtime) => {
+                let path = data_path(dir, seg.index);
+                let data = std::fs::read(&path).map_err(Error::io(&path))?;
+                engine.segment_factory(runtime, &data, limits).map_err(stage)
+            }
+        }
+    }
 }
 
 /// How long one segment's model preparation may take at build time.

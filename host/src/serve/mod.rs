@@ -32,7 +32,7 @@ use oip::InferRequest;
 use crate::package::artifacts;
 use crate::plan::Plan;
 use crate::plan::file::TensorSpec;
-use crate::runtime::{Engine, Limits, Tensor};
+use crate::runtime::{Engine, Tensor};
 use crate::{Error, Result};
 
 /// How the service runs its functions.
@@ -95,11 +95,7 @@ impl Service {
     /// a request needs one.
     pub fn load(engine: &Engine, dir: &Path, options: ServeOptions) -> Result<Service> {
         let plan = Plan::load(dir)?;
-        let preinitialized = artifacts::preinitialized(dir).is_some();
-        let runtime = match preinitialized {
-            true => None,
-            false => Some(engine.load_runtime(&artifacts::read_runtime(dir)?)?),
-        };
+        let source = artifacts::SegmentSource::load(engine, dir)?;
         let name = options.name.clone().unwrap_or_else(|| model_name(&plan.model.name));
         let metrics = Arc::new(Metrics::new());
         let mut stages = Vec::new();
@@ -108,16 +104,7 @@ impl Service {
                 stages.push(Stage::Absent);
                 continue;
             }
-            let limits = Limits { memory_bytes: seg.estimated_memory, deadline: options.deadline };
-            let stage = |cause| Error::Stage { index: seg.index, file: seg.file.clone(), cause };
-            let factory = match &runtime {
-                None => engine.composed_factory(&artifacts::segment_path(dir, seg.index), limits).map_err(stage)?,
-                Some(runtime) => {
-                    let data_path = artifacts::data_path(dir, seg.index);
-                    let data = std::fs::read(&data_path).map_err(Error::io(&data_path))?;
-                    engine.segment_factory(runtime, &data, limits).map_err(stage)?
-                }
-            };
+            let factory = source.factory(engine, dir, seg, options.deadline)?;
             let function = Function::new(oip::rest::segment_name(&name, seg.index), factory, options.scaling, metrics.clone());
             stages.push(Stage::Local(Arc::new(function)));
         }
