@@ -1,5 +1,9 @@
 //! A pipeline as its gateway sees it: the model's tensors, and for each stage the segment model to
-//! call and the tensors to send it.
+//! call and the tensors to send it; and the names a Spin app gives its parts.
+//!
+//! Spin's ids are words that each start with an ASCII letter (`seg0`, never `seg-0`): component ids
+//! are `-`-separated, variable names `_`-separated. The same names serve as `*.spin.internal` hosts,
+//! Kubernetes object names (`<app>-seg0`) and OCI repositories (`REPO-seg0`).
 
 use serde::{Deserialize, Serialize};
 
@@ -34,4 +38,47 @@ pub struct PipelineSpec {
     pub outputs: Vec<TensorMetadata>,
     /// The stages, first to last.
     pub stages: Vec<StageSpec>,
+}
+
+/// The Spin component id of the gateway.
+pub const GATEWAY_COMPONENT: &str = "gateway";
+
+/// The Spin component id of segment `index`: `seg{index}`.
+pub fn segment_component(index: usize) -> String {
+    format!("seg{index}")
+}
+
+/// The segment index of a component id made by [`segment_component`].
+pub fn segment_index(component: &str) -> Option<usize> {
+    let digits = component.strip_prefix("seg")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0')) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The gateway's variable listing where stage `index` is served: `stage{index}_urls`.
+pub fn stage_urls_variable(index: usize) -> String {
+    format!("stage{index}_urls")
+}
+
+/// Where a Spin app reaches segment `index` by service chaining: `http://seg{index}.spin.internal`.
+pub fn service_chaining_url(index: usize) -> String {
+    format!("http://{}.spin.internal", segment_component(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(segment_component(12), "seg12");
+        assert_eq!(segment_index("seg12"), Some(12));
+        for bad in ["seg", "seg-1", "seg01", "gateway", "segx"] {
+            assert_eq!(segment_index(bad), None, "{bad}");
+        }
+        assert_eq!(stage_urls_variable(3), "stage3_urls");
+        assert_eq!(service_chaining_url(0), "http://seg0.spin.internal");
+    }
 }

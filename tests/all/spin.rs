@@ -51,8 +51,8 @@ fn the_spin_app_answers_like_native_tract_with_segments_private() {
     let manifest = Manifest::read(&dir.path().join("spin.toml")).unwrap();
     assert_eq!(manifest.spin_manifest_version, 2);
     let private: Vec<&str> = manifest.trigger.http.iter().filter(|t| t.route == Route::Private { private: true }).map(|t| t.component.as_str()).collect();
-    assert_eq!(private, ["seg-0", "seg-1"]);
-    assert!(manifest.component["seg-0"].allowed_outbound_hosts.is_empty(), "segments may not call out");
+    assert_eq!(private, ["seg0", "seg1"]);
+    assert!(manifest.component["seg0"].allowed_outbound_hosts.is_empty(), "segments may not call out");
 
     let server = start(dir.path(), &[]);
     let url = server.url();
@@ -87,8 +87,8 @@ fn the_spin_app_answers_like_native_tract_with_segments_private() {
     for line in [
         r#"nv_inference_request_success{model="gateway",version="1"} 5"#,
         r#"nv_inference_request_failure{model="gateway",version="1"} 3"#,
-        r#"nv_inference_request_success{model="seg-0",version="1"} 2"#,
-        r#"netless_cold_starts{model="seg-1",version="1"} 2"#,
+        r#"nv_inference_request_success{model="seg0",version="1"} 2"#,
+        r#"netless_cold_starts{model="seg1",version="1"} 2"#,
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} not in:\n{metrics}");
     }
@@ -100,8 +100,8 @@ fn the_gateway_chains_remote_replicas_within_its_allowed_hosts() {
     let worker = Handle::start(Service::load(engine(), dir.path(), options()).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
     let dead = "http://127.0.0.1:9".to_string();
     let remote = [
-        ("stage_0_urls", format!("{dead},{}", worker.url())),
-        ("stage_1_urls", format!("{},{dead}", worker.url())),
+        ("stage0_urls", format!("{dead},{}", worker.url())),
+        ("stage1_urls", format!("{},{dead}", worker.url())),
         ("hop_timeout_ms", "5000".to_string()),
     ];
     let (inputs, expected) = reference(dir.path(), 5);
@@ -138,7 +138,7 @@ fn a_segment_over_its_memory_limit_fails_naming_it_and_the_deadline_holds() {
     let reply = post(&format!("{}/v2/models/{MODEL}/infer", server.url()), &body, Some(header));
     assert_eq!(reply.status, 500, "{}", String::from_utf8_lossy(&reply.body));
     let error = reply.error();
-    assert!(error.contains(&format!("{MODEL}-seg-0")) && error.contains("component `seg-0` failed: out of memory"), "{error}");
+    assert!(error.contains(&format!("{MODEL}-seg-0")) && error.contains("component `seg0` failed: out of memory"), "{error}");
     assert_eq!(get(&format!("{}/v2/health/ready", server.url())), 200, "the host keeps serving");
     drop(server);
 
@@ -170,11 +170,11 @@ fn the_repository_spin_toml_is_the_demo_models_app() {
 #[test]
 fn a_segment_component_refuses_a_hostile_peer_and_keeps_serving() {
     let Some(dir) = spin_built() else { return };
-    // Route seg-0 publicly, as a segment deployed alone is (SpinKube), and send it what a broken or
+    // Route seg0 publicly, as a segment deployed alone is (SpinKube), and send it what a broken or
     // hostile gateway might.
     let mut manifest = Manifest::read(&dir.path().join("spin.toml")).unwrap();
     for trigger in &mut manifest.trigger.http {
-        if trigger.component == "seg-0" {
+        if trigger.component == "seg0" {
             trigger.route = Route::Path(format!("/v2/models/{MODEL}-seg-0/..."));
         }
     }
@@ -212,6 +212,18 @@ fn up_spin_names_what_is_wrong() {
     std::fs::write(&manifest, "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n").unwrap();
     let absent = failure(&netless(&["up", manifest.to_str().unwrap(), "--spin", "--listen", "127.0.0.1:0"]));
     assert!(absent.contains("Spin component `a`") && absent.contains("a.wasm"), "{absent}");
+    let valid = std::fs::read_to_string(&manifest).unwrap();
+    let seg_0 = valid.replace("\"a\"", "\"seg-0\"").replace("[component.a]", "[component.seg-0]");
+    for (from, to, refusal) in [
+        (valid.as_str(), seg_0.as_str(), "component id `seg-0`: '-'-separated words must start with an ASCII letter; got '0'"),
+        ("[component.a]", "[variables]\nstage_0_urls = { default = \"x\" }\n[component.a]", "variable `stage_0_urls`: '_'-separated words must start with an ASCII letter; got '0'"),
+        ("source = \"a.wasm\"", "source = \"a.wasm\"\nvariables = { Url = \"x\" }", "component `a`: variable `Url`: '_'-separated words must be all lowercase or all UPPERCASE"),
+    ] {
+        std::fs::write(&manifest, valid.replace(from, to)).unwrap();
+        let refused = failure(&netless(&["up", manifest.to_str().unwrap(), "--spin"]));
+        assert!(refused.contains(refusal), "{refused}");
+    }
+    std::fs::write(&manifest, &valid).unwrap();
     let unknown = failure(&netless(&["up", manifest.to_str().unwrap(), "--spin", "--variable", "nope=1"]));
     assert!(unknown.contains("variable `nope` is given a value but the app does not declare it"), "{unknown}");
 }

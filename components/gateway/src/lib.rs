@@ -5,8 +5,8 @@
 //! Configuration comes from Spin variables:
 //! - `pipeline`: the model's contract and its stages (JSON, `netless_oip::pipeline::PipelineSpec`),
 //!   written by `netless build --spin`;
-//! - `stage_{i}_urls`: where stage `i` is served, comma-separated replicas; under Spin
-//!   `http://seg-{i}.spin.internal` (service chaining), elsewhere any base URLs;
+//! - `stage{i}_urls`: where stage `i` is served, comma-separated replicas; under Spin
+//!   `http://seg{i}.spin.internal` (service chaining), elsewhere any base URLs;
 //! - `deadline_ms`: the time a request may take end to end; `hop_timeout_ms`: the time one call to
 //!   one replica may take before the next replica is tried.
 //!
@@ -67,7 +67,7 @@ impl Config {
             .map_err(|e| Refusal::new(500, format!("the gateway's variable `pipeline` is malformed: {e}")))?;
         let mut replicas = Vec::new();
         for i in 0..pipeline.stages.len() {
-            let name = format!("stage_{i}_urls");
+            let name = netless_oip::pipeline::stage_urls_variable(i);
             let urls: Vec<String> = variable(&name)?.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).filter(|u| !u.is_empty()).collect();
             if urls.is_empty() {
                 return Err(Refusal::new(500, format!("the gateway's variable `{name}` lists no URL")));

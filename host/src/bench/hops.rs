@@ -150,7 +150,7 @@ pub fn run(options: &HopOptions, log: &mut dyn FnMut(&str)) -> Result<Vec<HopRes
         let mut manifest = Manifest::read(&manifest_path)?;
         let segment = format!("/v2/models/{name}-seg-0/...");
         for trigger in &mut manifest.trigger.http {
-            if trigger.component == spin_app::segment_id(0) {
+            if trigger.component == spin_app::segment_component(0) {
                 *trigger = HttpTrigger { route: Route::Path(segment.clone()), component: trigger.component.clone() };
             }
         }

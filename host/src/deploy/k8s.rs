@@ -1,11 +1,11 @@
 //! `netless deploy k8s`: one SpinKube `SpinApp` per segment and one for the gateway, each running its
-//! component's image alone (`REPO-seg-I:TAG`, `REPO-gateway:TAG`, as `netless push --per-segment`
+//! component's image alone (`REPO-segI:TAG`, `REPO-gateway:TAG`, as `netless push --per-segment`
 //! names them), so that every segment scales on its own.
 //!
 //! - Memory: a segment's `invocationLimits.memory` is the plan's estimate for it; the pod's memory
 //!   request and limit add `pod_overhead` (the Spin runtime and the compiled component code).
-//! - The gateway finds segment `I` at `http://<app>-seg-I.<namespace>.svc` (the Service the Spin
-//!   Operator makes for that SpinApp, port 80) through its `stage_I_urls` variable, and may call
+//! - The gateway finds segment `I` at `http://<app>-segI.<namespace>.svc` (the Service the Spin
+//!   Operator makes for that SpinApp, port 80) through its `stageI_urls` variable, and may call
 //!   `http://*.<namespace>.svc` through `outbound_hosts`.
 //! - Scaling: fixed `replicas`, or `enableAutoscaling` with an HPA or a KEDA ScaledObject on CPU and
 //!   memory utilisation, as `spin kube scaffold --autoscaler` writes them.
@@ -19,6 +19,7 @@ use super::objects::*;
 use super::{Error, Result};
 use crate::plan::file::Plan;
 use crate::push::names;
+use netless_oip::pipeline::{GATEWAY_COMPONENT, segment_component, stage_urls_variable};
 
 /// The SpinApp API version.
 pub const SPINAPP_API_VERSION: &str = "core.spinkube.dev/v1alpha1";
@@ -109,7 +110,7 @@ impl K8sOptions {
 pub struct App {
     /// Its name (and its Service's).
     pub name: String,
-    /// The component it runs (`seg-0`, ..., `gateway`).
+    /// The component it runs (`seg0`, ..., `gateway`).
     pub component: String,
     /// Its image.
     pub image: String,
@@ -141,7 +142,7 @@ pub fn manifests(plan: &Plan, options: &K8sOptions) -> Result<Deployment> {
 
     let mut apps = Vec::new();
     for seg in &plan.segments {
-        let component = names::segment_component(seg.index);
+        let component = segment_component(seg.index);
         apps.push(App {
             name: format!("{prefix}-{component}"),
             image: names::component_image(&base, &component).whole(),
@@ -152,9 +153,9 @@ pub fn manifests(plan: &Plan, options: &K8sOptions) -> Result<Deployment> {
     }
     let gateway_memory = GATEWAY_BASE_MEMORY + 4 * largest_transfer(plan);
     apps.push(App {
-        name: format!("{prefix}-{}", names::GATEWAY_COMPONENT),
-        component: names::GATEWAY_COMPONENT.into(),
-        image: names::component_image(&base, names::GATEWAY_COMPONENT).whole(),
+        name: format!("{prefix}-{}", GATEWAY_COMPONENT),
+        component: GATEWAY_COMPONENT.into(),
+        image: names::component_image(&base, GATEWAY_COMPONENT).whole(),
         invocation_memory: gateway_memory,
         pod_memory: gateway_memory + options.pod_overhead,
     });
@@ -163,9 +164,8 @@ pub fn manifests(plan: &Plan, options: &K8sOptions) -> Result<Deployment> {
     }
 
     let mut variables = Vec::new();
-    for app in &apps[..apps.len() - 1] {
-        let index = &app.component["seg-".len()..];
-        variables.push(Variable { name: format!("stage_{index}_urls"), value: format!("http://{}.{namespace}.svc", app.name) });
+    for (seg, app) in plan.segments.iter().zip(&apps) {
+        variables.push(Variable { name: stage_urls_variable(seg.index), value: format!("http://{}.{namespace}.svc", app.name) });
     }
     variables.push(Variable { name: "outbound_hosts".into(), value: format!("http://*.{namespace}.svc") });
     if let Some(deadline) = options.deadline {
@@ -178,7 +178,7 @@ pub fn manifests(plan: &Plan, options: &K8sOptions) -> Result<Deployment> {
     let mut files = Vec::new();
     for app in &apps {
         let meta = meta(app, &prefix, namespace);
-        let spin_app = spin_app(app, meta.clone(), options, if app.component == names::GATEWAY_COMPONENT { variables.clone() } else { Vec::new() });
+        let spin_app = spin_app(app, meta.clone(), options, if app.component == GATEWAY_COMPONENT { variables.clone() } else { Vec::new() });
         files.push((format!("{}.yaml", app.name), yaml(&spin_app)));
         let autoscaler_meta = ObjectMeta { name: format!("{}-autoscaler", app.name), ..meta };
         match options.scaling {

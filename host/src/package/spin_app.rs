@@ -1,15 +1,17 @@
 //! The split model as a Spin application (`netless build --spin`): one HTTP component per segment
 //! (the segment plugged into `netless-http-segment`), the gateway component, and a `spin.toml` that
 //! routes the model to the gateway, keeps the segments private and chains them in process
-//! (`http://seg-{i}.spin.internal`).
+//! (`http://seg{i}.spin.internal`). Names follow Spin's rules (`netless_oip::pipeline`): component
+//! `seg{i}`, variable `stage{i}_urls`.
 //!
-//! Layout of a built split: `OUT/spin.toml`, `OUT/spin/seg-{i}.wasm`, `OUT/spin/gateway.wasm`.
+//! Layout of a built split: `OUT/spin.toml`, `OUT/spin/seg{i}.wasm`, `OUT/spin/gateway.wasm`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use netless_oip::pipeline::{PipelineSpec, StageSpec, TensorMetadata};
+use netless_oip::pipeline::{PipelineSpec, StageSpec, TensorMetadata, service_chaining_url, stage_urls_variable};
+pub use netless_oip::pipeline::{GATEWAY_COMPONENT, segment_component};
 use netless_oip::rest::{model_name, segment_name};
 
 use super::spin_manifest::{Application, Build, Component, HttpTrigger, Manifest, Route, Triggers, Variable};
@@ -21,18 +23,15 @@ use crate::{Error, Result};
 /// The folder of a built split that holds the Spin components.
 pub const DIR: &str = "spin";
 
-/// The id of the gateway component.
-pub const GATEWAY: &str = "gateway";
+/// The gateway's first `allowed_outbound_hosts` entry: the app's own components, by service chaining.
+/// Its second is the `outbound_hosts` variable (empty by default; an empty entry allows nothing, in
+/// Spin as here), for stages served elsewhere.
+pub const SERVICE_CHAINING_HOSTS: &str = "http://*.spin.internal";
 
 /// What a segment's HTTP face adds to its memory: the request and response bodies, their decoded
 /// tensors, and the Spin SDK's own heap.
 pub fn http_segment_memory(segment: &Segment) -> u64 {
     segment.estimated_memory + 3 * segment.io_bytes + (4 << 20)
-}
-
-/// The Spin component id of segment `index`.
-pub fn segment_id(index: usize) -> String {
-    format!("seg-{index}")
 }
 
 /// How the generated manifest is laid out and configured.
@@ -89,24 +88,24 @@ pub fn manifest(plan: &Plan, options: &SpinOptions) -> Result<Manifest> {
     }
     variables.insert("deadline_ms".into(), variable("time one request may take end to end, in milliseconds", options.deadline.as_millis().to_string()));
     variables.insert("hop_timeout_ms".into(), variable("time one call to one segment replica may take, in milliseconds", options.hop_timeout.as_millis().to_string()));
-    variables.insert("outbound_hosts".into(), variable("where the gateway may send requests: the segments' hosts", "http://*.spin.internal".into()));
+    variables.insert("outbound_hosts".into(), variable("where else the gateway may send requests (scheme://host:port, `*` wildcards), for stages served outside this app; empty: nowhere", String::new()));
     let mut components = BTreeMap::new();
-    let mut triggers = vec![HttpTrigger { route: Route::Path("/...".into()), component: GATEWAY.into() }];
+    let mut triggers = vec![HttpTrigger { route: Route::Path("/...".into()), component: GATEWAY_COMPONENT.into() }];
     for seg in &plan.segments {
-        let id = segment_id(seg.index);
-        let name = format!("stage_{}_urls", seg.index);
-        variables.insert(name.clone(), variable(&format!("where segment {} is served: base URLs, comma-separated replicas", seg.index), format!("http://{id}.spin.internal")));
+        let id = segment_component(seg.index);
+        let name = stage_urls_variable(seg.index);
+        variables.insert(name.clone(), variable(&format!("where segment {} is served: base URLs, comma-separated replicas", seg.index), service_chaining_url(seg.index)));
         gateway_variables.insert(name.clone(), format!("{{{{ {name} }}}}"));
         triggers.push(HttpTrigger { route: Route::Private { private: true }, component: id.clone() });
         let description = format!("segment {} of {} ({} to {}), OIP model {}", seg.index, plan.segments.len(), seg.first_node, seg.last_node, segment_name(&model_name(&plan.model.name), seg.index));
         components.insert(id.clone(), Component { description: Some(description), source: source(&id), allowed_outbound_hosts: Vec::new(), variables: BTreeMap::new(), environment: BTreeMap::new(), build: build() });
     }
     components.insert(
-        GATEWAY.into(),
+        GATEWAY_COMPONENT.into(),
         Component {
             description: Some(format!("OIP v2 gateway for model {}, chaining its {} segments", model_name(&plan.model.name), plan.segments.len())),
-            source: source(GATEWAY),
-            allowed_outbound_hosts: vec!["{{ outbound_hosts }}".into()],
+            source: source(GATEWAY_COMPONENT),
+            allowed_outbound_hosts: vec![SERVICE_CHAINING_HOSTS.into(), "{{ outbound_hosts }}".into()],
             variables: gateway_variables,
             environment: BTreeMap::new(),
             build: build(),
@@ -149,14 +148,14 @@ pub fn build(dir: &Path, plan: &Plan, http_segment: &[u8], gateway: &[u8], extra
     for seg in &plan.segments {
         let path = artifacts::segment_path(dir, seg.index);
         let segment = std::fs::read(&path).map_err(|e| Error::Package { what: format!("segment {}", seg.index), reason: format!("{}: {e} (run `netless build` first)", path.display()) })?;
-        let id = segment_id(seg.index);
+        let id = segment_component(seg.index);
         let wasm = compose::http_segment(http_segment, &segment).map_err(|e| Error::Package { what: format!("Spin component {id}"), reason: e.to_string() })?;
         artifacts::validate(&format!("Spin component {id}"), &wasm)?;
         write_atomically(&out.join(format!("{id}.wasm")), &wasm)?;
         components.push((id, wasm.len() as u64));
     }
-    write_atomically(&out.join(format!("{GATEWAY}.wasm")), gateway)?;
-    components.push((GATEWAY.into(), gateway.len() as u64));
+    write_atomically(&out.join(format!("{GATEWAY_COMPONENT}.wasm")), gateway)?;
+    components.push((GATEWAY_COMPONENT.into(), gateway.len() as u64));
     let path = dir.join("spin.toml");
     write_atomically(&path, manifest(plan, &SpinOptions::in_split())?.to_toml().as_bytes())?;
     if let Some((extra, options)) = extra {

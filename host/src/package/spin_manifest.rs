@@ -201,10 +201,15 @@ impl Manifest {
             return Err(format!("spin_manifest_version is {}; NetLess runs version 2", self.spin_manifest_version));
         }
         for id in self.component.keys() {
-            check_id(id, '-').map_err(|e| format!("component id `{id}`: {e}"))?;
+            check_id(id, '-', false).map_err(|e| format!("component id `{id}`: {e}"))?;
         }
         for name in self.variables.keys() {
-            check_id(name, '_').map_err(|e| format!("variable `{name}`: {e}"))?;
+            check_id(name, '_', true).map_err(|e| format!("variable `{name}`: {e}"))?;
+        }
+        for (id, component) in &self.component {
+            for name in component.variables.keys() {
+                check_id(name, '_', true).map_err(|e| format!("component `{id}`: variable `{name}`: {e}"))?;
+            }
         }
         for (name, variable) in &self.variables {
             if variable.required == variable.default.is_some() {
@@ -264,18 +269,34 @@ fn expand(table: &mut toml_edit::Table, root: bool) {
     }
 }
 
-/// Spin's id rule: lowercase ASCII words joined by `delimiter`, the first starting with a letter,
-/// later ones with a letter or digit.
-fn check_id(id: &str, delimiter: char) -> Result<(), String> {
-    for (i, word) in id.split(delimiter).enumerate() {
+/// Spin's id rules (its manifest's `KebabId` for component ids, `LowerSnakeId` for variable
+/// names): words joined by `delimiter`, each starting with an ASCII letter and going on with letters
+/// or digits, a word's letters all lowercase or all uppercase (all lowercase if `lower`). The
+/// messages are Spin's own wording, so a refused name reads the same here as under `spin up`.
+fn check_id(id: &str, delimiter: char, lower: bool) -> Result<(), String> {
+    let wrong = if delimiter == '-' { '_' } else { '-' };
+    if id.is_empty() {
+        return Err("empty".into());
+    }
+    if id.contains(wrong) {
+        return Err(format!("words must be separated with {delimiter:?}, not {wrong:?}"));
+    }
+    for word in id.split(delimiter) {
         let mut chars = word.chars();
-        match chars.next() {
-            None => return Err(format!("words separated by `{delimiter}` must not be empty")),
-            Some(c) if c.is_ascii_lowercase() || (i > 0 && c.is_ascii_digit()) => {}
-            Some(c) => return Err(format!("words must start with a lowercase letter (or, after the first, a digit), not `{c}`")),
+        let Some(first) = chars.next() else { return Err(format!("{delimiter:?}-separated words must not be empty")) };
+        if !first.is_ascii_alphabetic() {
+            return Err(format!("{delimiter:?}-separated words must start with an ASCII letter; got {first:?}"));
         }
-        if let Some(c) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit())) {
-            return Err(format!("`{c}` is not a lowercase letter or digit"));
+        for c in chars {
+            if !c.is_ascii_alphanumeric() {
+                return Err(format!("{delimiter:?}-separated words may only contain alphanumeric ASCII; got {c:?}"));
+            }
+            if c.is_ascii_alphabetic() && c.is_ascii_uppercase() != first.is_ascii_uppercase() {
+                return Err(format!("{delimiter:?}-separated words must be all lowercase or all UPPERCASE; got {word:?}"));
+            }
+        }
+        if lower && first.is_ascii_uppercase() {
+            return Err(format!("Lower-case identifiers must be all lowercase; got {id:?}"));
         }
     }
     Ok(())
@@ -287,12 +308,25 @@ mod tests {
 
     #[test]
     fn ids_follow_spins_rules() {
-        assert!(check_id("seg-0", '-').is_ok());
-        assert!(check_id("stage_0_urls", '_').is_ok());
-        assert!(check_id("0-seg", '-').is_err());
-        assert!(check_id("seg_0", '-').is_err());
-        assert!(check_id("Seg-0", '-').is_err());
-        assert!(check_id("seg--0", '-').is_err());
+        for ok in ["seg0", "seg12-shard3", "gateway", "SEG-zero", "a1b2"] {
+            assert_eq!(check_id(ok, '-', false), Ok(()), "{ok}");
+        }
+        assert_eq!(check_id("stage0_urls", '_', true), Ok(()));
+        let refused = [
+            ("seg-0", '-', false, "'-'-separated words must start with an ASCII letter; got '0'"),
+            ("stage_0_urls", '_', true, "'_'-separated words must start with an ASCII letter; got '0'"),
+            ("0seg", '-', false, "must start with an ASCII letter; got '0'"),
+            ("seg_zero", '-', false, "words must be separated with '-', not '_'"),
+            ("seg--zero", '-', false, "words must not be empty"),
+            ("Seg-zero", '-', false, "all lowercase or all UPPERCASE; got \"Seg\""),
+            ("seg.zero", '-', false, "only contain alphanumeric ASCII; got '.'"),
+            ("URLS", '_', true, "Lower-case identifiers must be all lowercase"),
+            ("", '-', false, "empty"),
+        ];
+        for (id, delimiter, lower, message) in refused {
+            let error = check_id(id, delimiter, lower).unwrap_err();
+            assert!(error.contains(message), "{id}: {error}");
+        }
     }
 
     #[test]
@@ -307,11 +341,11 @@ mod tests {
             component = "gateway"
             [[trigger.http]]
             route = { private = true }
-            component = "seg-0"
+            component = "seg0"
             [component.gateway]
             source = "gateway.wasm"
-            [component.seg-0]
-            source = "seg-0.wasm"
+            [component.seg0]
+            source = "seg0.wasm"
             "#,
         )
         .unwrap();
@@ -319,13 +353,13 @@ mod tests {
         assert!(manifest.check().is_ok());
         let text = manifest.to_toml();
         assert!(text.contains("route = { private = true }"), "{text}");
-        assert!(text.contains("[component.seg-0]"), "{text}");
+        assert!(text.contains("[component.seg0]"), "{text}");
         let again: Manifest = toml_edit::de::from_str(&text).unwrap();
         assert_eq!(again, manifest);
-        let single = manifest.single_component("seg-0").unwrap();
-        assert_eq!(single.component.keys().collect::<Vec<_>>(), ["seg-0"]);
-        assert_eq!(single.trigger.http, [HttpTrigger { route: Route::Path(PUBLIC_ROUTE.into()), component: "seg-0".into() }]);
-        assert_eq!(single.application.name, "m-seg-0");
+        let single = manifest.single_component("seg0").unwrap();
+        assert_eq!(single.component.keys().collect::<Vec<_>>(), ["seg0"]);
+        assert_eq!(single.trigger.http, [HttpTrigger { route: Route::Path(PUBLIC_ROUTE.into()), component: "seg0".into() }]);
+        assert_eq!(single.application.name, "m-seg0");
     }
 
     #[test]

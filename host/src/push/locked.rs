@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn service_chaining_is_recognised_only_in_literals() {
         assert!(is_service_chaining("http://*.spin.internal"));
-        assert!(is_service_chaining("http://seg-0.spin.internal:80"));
+        assert!(is_service_chaining("http://seg0.spin.internal:80"));
         assert!(!is_service_chaining("{{ outbound_hosts }}"));
         assert!(!is_service_chaining("http://*.netless.svc"));
     }

@@ -1,5 +1,5 @@
 //! Image names. The whole app goes to `REGISTRY/REPO:TAG`; with `--per-segment`, each component also
-//! goes alone to `REGISTRY/REPO-<component>:TAG` (`REPO-seg-0`, `REPO-seg-1`, ..., `REPO-gateway`), the
+//! goes alone to `REGISTRY/REPO-<component>:TAG` (`REPO-seg0`, `REPO-seg1`, ..., `REPO-gateway`), the
 //! names `netless deploy k8s --image REGISTRY/REPO:TAG` derives for its SpinApps.
 
 use oci_client::Reference;
@@ -8,14 +8,6 @@ use super::{Error, Result};
 
 /// The tag used when a reference has none.
 pub const DEFAULT_TAG: &str = "latest";
-
-/// The component id of segment `index` in a NetLess Spin app.
-pub fn segment_component(index: usize) -> String {
-    format!("seg-{index}")
-}
-
-/// The component id of the gateway in a NetLess Spin app.
-pub const GATEWAY_COMPONENT: &str = "gateway";
 
 /// Parses an image reference to push to or deploy from: a tag (`latest` when none is given), not a
 /// digest, since per-component names are derived from it.
@@ -46,11 +38,12 @@ pub fn component_image(base: &Reference, component: &str) -> Reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netless_oip::pipeline::{GATEWAY_COMPONENT, segment_component};
 
     #[test]
     fn components_are_named_beside_the_app() {
         let base = parse("127.0.0.1:5000/models/demo:v1").unwrap();
-        assert_eq!(component_image(&base, "seg-0").whole(), "127.0.0.1:5000/models/demo-seg-0:v1");
+        assert_eq!(component_image(&base, &segment_component(0)).whole(), "127.0.0.1:5000/models/demo-seg0:v1");
         assert_eq!(component_image(&base, GATEWAY_COMPONENT).whole(), "127.0.0.1:5000/models/demo-gateway:v1");
         assert_eq!(parse("ghcr.io/a/b").unwrap().tag(), Some("latest"));
         assert!(parse("ghcr.io/A/b:v1").unwrap_err().to_string().contains("lowercase"));

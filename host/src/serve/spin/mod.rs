@@ -152,7 +152,9 @@ impl SpinApp {
             let allowed = component
                 .allowed_outbound_hosts
                 .iter()
-                .map(|entry| variables::expand(entry, &values).and_then(|e| HostPattern::parse(&e)))
+                .map(|entry| variables::expand(entry, &values))
+                .filter(|e| !matches!(e.as_deref(), Ok("" | "http://" | "https://")))
+                .map(|e| e.and_then(|e| HostPattern::parse(&e)))
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(|e| what(format!("allowed_outbound_hosts: {e}")))?;
             let memory = segment_memory(&source, id).unwrap_or(options.default_memory);
@@ -284,10 +286,10 @@ impl SpinApp {
     }
 }
 
-/// The memory limit of a NetLess segment component (`OUT/spin/seg-{i}.wasm`) from `OUT/plan.json`.
+/// The memory limit of a NetLess segment component (`OUT/spin/seg{i}.wasm`) from `OUT/plan.json`.
 fn segment_memory(source: &Path, id: &str) -> Option<u64> {
     let plan = Plan::load(source.parent()?.parent()?).ok()?;
-    plan.segments.iter().find(|s| spin_app::segment_id(s.index) == id).map(spin_app::http_segment_memory)
+    plan.segments.iter().find(|s| spin_app::segment_component(s.index) == id).map(spin_app::http_segment_memory)
 }
 
 fn describe_trap(e: &wasmtime::Error, refused: Option<u64>, limit: u64) -> String {

@@ -111,7 +111,7 @@ mod tests {
     #[test]
     fn entries_match_like_spins() {
         let internal = HostPattern::parse("http://*.spin.internal").unwrap();
-        assert!(internal.allows("http", "seg-0.spin.internal", 80));
+        assert!(internal.allows("http", "seg0.spin.internal", 80));
         assert!(!internal.allows("http", "example.com", 80));
         let exact = HostPattern::parse("http://10.0.0.2:8081").unwrap();
         assert!(exact.allows("http", "10.0.0.2", 8081));
