@@ -22,7 +22,10 @@ impl Answer {
         serde_json::from_slice::<serde_json::Value>(&self.body)
             .ok()
             .and_then(|v| v["error"].as_str().map(String::from))
-            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).chars().take(200).collect())
+            .unwrap_or_else(|| match String::from_utf8_lossy(&self.body).trim() {
+                "" => "no message: its host failed it before it could answer (a trap, or its instance's memory limit: see the host's log)".into(),
+                text => text.chars().take(200).collect(),
+            })
     }
 }
 
