@@ -60,6 +60,11 @@ fn the_spin_app_answers_like_native_tract_with_segments_private() {
         assert_eq!(get(&format!("{url}{path}")), 200, "{path}");
     }
     assert_eq!(get(&format!("{url}/v2/models/{MODEL}-seg-0/ready")), 404, "segments are private");
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let text = |path: &str| agent.get(&format!("{url}{path}")).call().unwrap().body_mut().read_to_string().unwrap();
+    assert_eq!(text("/.well-known/spin/health"), "OK", "Spin's own health route");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&text("/.well-known/spin/info")).unwrap()["name"], MODEL);
+    assert_eq!(get(&format!("{url}/.well-known/spin/v2/health/ready")), 404, "Spin's prefix never reaches the app");
 
     let (inputs, expected) = reference(dir.path(), 3);
     let values: Vec<f32> = inputs[0].to_f32().unwrap();
@@ -82,7 +87,6 @@ fn the_spin_app_answers_like_native_tract_with_segments_private() {
     assert_eq!(reply.status, 404);
     assert!(reply.error().contains("unknown model `other`"), "{}", reply.error());
 
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let metrics = agent.get(&format!("{url}{}", netless::serve::spin::METRICS_PATH)).call().unwrap().body_mut().read_to_string().unwrap();
     for line in [
         r#"nv_inference_request_success{model="gateway",version="1"} 5"#,

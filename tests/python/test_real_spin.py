@@ -133,6 +133,9 @@ def test_real_spin_chains_private_segments_like_native_tract(app, tmp_path):
     try:
         client = spin.client
         assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
+        with urllib.request.urlopen(f"{spin.url}/.well-known/spin/health", timeout=30) as health:
+            assert health.read() == b"OK", "the same health route as `netless up --spin`"
+        assert status(f"{spin.url}/.well-known/spin/v2/health/ready") == 404, "Spin's prefix never reaches the app"
         assert client.get_model_metadata(NAME)["inputs"] == [{"name": "x", "datatype": "FP32", "shape": list(SHAPE)}]
         check_answers(client, app, tmp_path, 21)
 

@@ -59,6 +59,7 @@ struct Loaded {
 /// A loaded Spin app.
 pub struct SpinApp {
     name: String,
+    version: Option<String>,
     components: HashMap<String, Loaded>,
     /// Public routes, longest first: (path or prefix, is a prefix, component).
     routes: Vec<(String, bool, String)>,
@@ -178,6 +179,7 @@ impl SpinApp {
         routes.sort_by_key(|(path, prefix, _)| std::cmp::Reverse((path.len(), !*prefix)));
         Ok(Arc::new(SpinApp {
             name: manifest.application.name,
+            version: manifest.application.version,
             components,
             routes,
             deadline: options.deadline,
@@ -321,14 +323,22 @@ pub async fn serve(app: Arc<SpinApp>, listener: tokio::net::TcpListener, shutdow
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
+/// The path prefix Spin keeps for itself: no app route is reached below it.
+pub const WELL_KNOWN_PREFIX: &str = "/.well-known/spin/";
+
 /// Where this host serves its metrics: under Spin's reserved prefix, so no app route is shadowed.
 pub const METRICS_PATH: &str = "/.well-known/spin/metrics";
 
 async fn dispatch(Axum(app): Axum<Arc<SpinApp>>, request: Request<Body>) -> Response {
     let started = Instant::now();
     let path = request.uri().path().to_string();
-    if path == METRICS_PATH {
-        return ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics()).into_response();
+    if let Some(well_known) = path.strip_prefix(WELL_KNOWN_PREFIX) {
+        return match well_known {
+            "health" => "OK".into_response(),
+            "info" => axum::Json(serde_json::json!({ "name": app.name, "version": app.version })).into_response(),
+            "metrics" => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics()).into_response(),
+            _ => (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": format!("no route for {path}") }))).into_response(),
+        };
     }
     let Some(id) = app.route(&path).map(str::to_string) else {
         return (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": format!("no route for {path}") }))).into_response();
