@@ -185,6 +185,12 @@ enum Command {
         /// Also measure every K with each segment in its own worker process behind a gateway (--serve).
         #[arg(long)]
         distributed: bool,
+        /// Also measure every K as a Spin app in NetLess's Spin host, as `up --spin` serves it (--serve).
+        #[arg(long, requires = "serve")]
+        spin: bool,
+        /// Also measure every K's Spin app under the real Spin CLI at this path (`spin up`; --serve --spin).
+        #[arg(long, requires = "spin")]
+        spin_cli: Option<PathBuf>,
         /// Measure the latency one hop between stages adds instead: in one process, over loopback,
         /// across network namespaces (--netns) and chained under Spin, on a one-node model.
         #[arg(long, conflicts_with = "serve")]
@@ -575,7 +581,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote hops.md and hops.json to {}", out.display());
             Ok(())
         }
-        Command::Bench { model: Some(model), segments, max_memory, shapes, out, serve: true, concurrency, requests, max_instances, reference_url, reference_model, distributed, .. } => {
+        Command::Bench { model: Some(model), segments, max_memory, shapes, out, serve: true, concurrency, requests, max_instances, reference_url, reference_model, distributed, spin, spin_cli, .. } => {
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
             let options = netless::bench::serve::ServeBenchOptions {
                 out: out.unwrap_or_else(|| Path::new("bench-out").join(stem)),
@@ -589,6 +595,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 runtime_wasm: component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"),
                 reference: reference_url.zip(reference_model),
                 distributed: distributed.then(std::env::current_exe).transpose()?,
+                spin: if spin { Some(spin_components()?) } else { None },
+                spin_cli,
             };
             let report = netless::bench::serve::run(&options, cache_dir(), &mut |line| eprintln!("bench: {line}"))?;
             let markdown = report.to_markdown();
@@ -642,6 +650,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The HTTP segment and gateway components, from their variables or beside the runtime.
+fn spin_components() -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let read = |env: &str, name: &str| {
+        let path = component_path(env, name);
+        std::fs::read(&path).with_context(|| format!("reading {} (build it with scripts/build-components.sh)", path.display()))
+    };
+    Ok((read("NETLESS_HTTP_SEGMENT_WASM", "netless_http_segment.wasm")?, read("NETLESS_GATEWAY_WASM", "netless_gateway.wasm")?))
 }
 
 fn build_spin(dir: &Path, plan: &Plan, args: &SpinBuildArgs) -> anyhow::Result<netless::package::spin_app::SpinBuilt> {

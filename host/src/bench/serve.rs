@@ -1,6 +1,7 @@
 //! `netless bench --serve`: the OIP v2 server under load on loopback. For every K and with pipelining
 //! on and off: the first request from zero instances, then p50/p99 latency and throughput at each
-//! concurrency; optionally the same load against another OIP v2 server (a reference such as
+//! concurrency; optionally the same split as a Spin app, in NetLess's Spin host (`up --spin`) and
+//! under the real `spin up`, and the same load against another OIP v2 server (a reference such as
 //! onnxruntime behind KServe's model server), side by side in one report.
 
 use std::path::PathBuf;
@@ -9,11 +10,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::onnx::graph::InputShapes;
-use crate::package::artifacts;
+use crate::package::{artifacts, spin_app};
 use crate::pipeline::to_wire;
 use crate::plan::{CostModel, MemoryModel, Objective, Request};
 use crate::runtime::Engine;
 use crate::serve::workers::WorkerPool;
+use crate::serve::spin::{SpinApp, SpinHandle, SpinOptions};
 use crate::serve::{Handle, Scaling, ServeOptions, Service, oip};
 use crate::split::{Split, SplitOptions};
 use crate::{Error, Result, verify};
@@ -44,6 +46,11 @@ pub struct ServeBenchOptions {
     /// The `netless` executable: also measure each K with every segment in its own worker process
     /// behind a gateway, chained over loopback HTTP.
     pub distributed: Option<PathBuf>,
+    /// The HTTP segment and gateway components: also measure each K as a Spin app in NetLess's
+    /// Spin host (`up --spin`).
+    pub spin: Option<(Vec<u8>, Vec<u8>)>,
+    /// The real Spin CLI: also measure each K's Spin app under `spin up` (needs `spin`).
+    pub spin_cli: Option<PathBuf>,
 }
 
 /// One load measurement.
@@ -82,7 +89,7 @@ pub struct ServeReport {
 pub fn run(options: &ServeBenchOptions, cache: PathBuf, log: &mut dyn FnMut(&str)) -> Result<ServeReport> {
     std::fs::create_dir_all(&options.out).map_err(Error::io(&options.out))?;
     let runtime = std::fs::read(&options.runtime_wasm).map_err(Error::io(&options.runtime_wasm))?;
-    let engine = Engine::new(cache).map_err(|e| Error::Package { what: "the engine".into(), reason: e.to_string() })?;
+    let engine = Engine::new(cache.clone()).map_err(|e| Error::Package { what: "the engine".into(), reason: e.to_string() })?;
     let name = options.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let mut report = ServeReport { model: name.clone(), first_request_ms: vec![], loads: vec![] };
     let mut body = None;
@@ -106,7 +113,20 @@ pub fn run(options: &ServeBenchOptions, cache: PathBuf, log: &mut dyn FnMut(&str
             let label = format!("netless K={k} {}", if pipelining { "pipelined" } else { "not pipelined" });
             let serve_options = serve_options(&name, options.max_instances, pipelining);
             let service = Service::load(&engine, &dir, serve_options)?;
-            measure(&mut report, &label, service, &name, request, *header, options, log)?;
+            measure_service(&mut report, &label, service, &name, request, *header, options, log)?;
+        }
+        if let Some((http, gateway)) = &options.spin {
+            spin_app::build(&dir, &plan, http, gateway, None)?;
+            let spin_options = SpinOptions { variables: Default::default(), deadline: Duration::from_secs(600), default_memory: 256 << 20, max_body: 1 << 30 };
+            let app = SpinApp::load(&dir.join("spin.toml"), &cache, spin_options)?;
+            let server = SpinHandle::start(app, "127.0.0.1:0".parse().expect("address")).map_err(|e| Error::Package { what: "the Spin host".into(), reason: e.to_string() })?;
+            measure(&mut report, &format!("netless up --spin K={k}"), &server.url(), &name, request, *header, options, log)?;
+            let _ = server.stop();
+            if let Some(cli) = &options.spin_cli {
+                log(&format!("K={k}: starting the real spin up (its first start compiles every component)"));
+                let spin = RealSpin::start(cli, &dir.join("spin.toml"))?;
+                measure(&mut report, &format!("spin up (real Spin) K={k}"), &spin.url, &name, request, *header, options, log)?;
+            }
         }
         if let Some(exe) = &options.distributed {
             let label = format!("netless K={k} over {k} worker processes");
@@ -114,7 +134,7 @@ pub fn run(options: &ServeBenchOptions, cache: PathBuf, log: &mut dyn FnMut(&str
             let mut workers = WorkerPool::default();
             let replicas = workers.start(exe, &dir, k, k, &serve_options)?;
             let service = Service::gateway(&dir, replicas, Duration::from_secs(60), serve_options)?;
-            measure(&mut report, &label, service, &name, request, *header, options, log)?;
+            measure_service(&mut report, &label, service, &name, request, *header, options, log)?;
         }
     }
     if let (Some((base, model)), Some((request, header))) = (&options.reference, &body) {
@@ -142,11 +162,19 @@ pub(super) fn serve_options(name: &str, max_instances: usize, pipelining: bool) 
     }
 }
 
-/// Serves `service` on loopback, then measures its first request and each concurrency.
+/// Serves `service` on loopback and measures it.
 #[allow(clippy::too_many_arguments)]
-fn measure(report: &mut ServeReport, label: &str, service: Service, name: &str, request: &[u8], header: usize, options: &ServeBenchOptions, log: &mut dyn FnMut(&str)) -> Result<()> {
+fn measure_service(report: &mut ServeReport, label: &str, service: Service, name: &str, request: &[u8], header: usize, options: &ServeBenchOptions, log: &mut dyn FnMut(&str)) -> Result<()> {
     let server = Handle::start(service, "127.0.0.1:0".parse().expect("address")).map_err(|e| Error::Package { what: "the server".into(), reason: e.to_string() })?;
-    let url = format!("{}/v2/models/{name}/infer", server.url());
+    measure(report, label, &server.url(), name, request, header, options, log)?;
+    let _ = server.stop();
+    Ok(())
+}
+
+/// Measures the server at `base`: its first request, then each concurrency.
+#[allow(clippy::too_many_arguments)]
+fn measure(report: &mut ServeReport, label: &str, base: &str, name: &str, request: &[u8], header: usize, options: &ServeBenchOptions, log: &mut dyn FnMut(&str)) -> Result<()> {
+    let url = format!("{base}/v2/models/{name}/infer");
     let started = Instant::now();
     post(&agent(), &url, request, header).map_err(|reason| Error::Package { what: label.to_string(), reason })?;
     report.first_request_ms.push((label.to_string(), started.elapsed().as_secs_f64() * 1e3));
@@ -154,8 +182,47 @@ fn measure(report: &mut ServeReport, label: &str, service: Service, name: &str, 
         log(&format!("{label}: concurrency {c}"));
         report.loads.push(load(label, &url, request, header, c, options.requests));
     }
-    let _ = server.stop();
     Ok(())
+}
+
+/// A real `spin up` of a manifest on a free loopback port, killed on drop.
+struct RealSpin {
+    child: std::process::Child,
+    url: String,
+}
+
+impl RealSpin {
+    /// Starts `cli up` and waits until it says it is serving.
+    fn start(cli: &std::path::Path, manifest: &std::path::Path) -> Result<RealSpin> {
+        use std::io::BufRead;
+        let failed = |reason: String| Error::Package { what: format!("spin up ({})", cli.display()), reason };
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| failed(e.to_string()))?.port();
+        let address = format!("127.0.0.1:{port}");
+        let mut child = std::process::Command::new(cli)
+            .args(["up", "--quiet", "--from"])
+            .arg(manifest)
+            .args(["--listen", &address])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| failed(e.to_string()))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut spin = RealSpin { child, url: format!("http://{address}") };
+        for line in std::io::BufReader::new(stdout).lines() {
+            if line.map_err(|e| failed(e.to_string()))?.starts_with("Serving http://") {
+                return Ok(spin);
+            }
+        }
+        let status = spin.child.wait().map_err(|e| failed(e.to_string()))?;
+        Err(failed(format!("exited ({status}) before serving")))
+    }
+}
+
+impl Drop for RealSpin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A binary OIP request for generated inputs: the body and the JSON header's length.
