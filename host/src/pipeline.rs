@@ -101,9 +101,11 @@ impl Pipeline {
 /// Linear memory of one pair combinator instance (its stack and allocator; measured about 1.1 MiB).
 pub const COMPOSER_MEMORY: u64 = 2 << 20;
 
-/// The memory budget of a composed pipeline: its segments' budgets and one per pair combinator.
+/// The memory budget of a composed pipeline: its segments' budgets, their blobs (each data
+/// component's memory, counted here since one component's memories cannot be told apart) and one
+/// per pair combinator.
 pub fn composed_budget(plan: &Plan) -> u64 {
-    let segments: u64 = plan.segments.iter().map(|s| s.estimated_memory).sum();
+    let segments: u64 = plan.segments.iter().map(|s| s.estimated_memory + (s.bytes + 8).div_ceil(1 << 16) * (1 << 16)).sum();
     segments + COMPOSER_MEMORY * (plan.segments.len() as u64 - 1)
 }
 

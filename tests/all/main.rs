@@ -5,6 +5,7 @@ mod bad_input;
 mod common;
 mod deploy;
 mod distributed;
+mod memory_bounds;
 mod onnx_builder;
 mod partition_dp;
 mod pipeline;

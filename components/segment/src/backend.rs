@@ -2,13 +2,16 @@
 
 use std::time::Instant;
 
-use tract_onnx::pb;
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::prelude::{InferenceModel, TypedFact};
+use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::prelude::{
     Arc, DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TValue,
     TVec, Tensor as TractTensor, TypedRunnableModel,
 };
 use tract_onnx::tract_core::plan::eval;
 
+use crate::blob::{Skeleton, Weight};
 use crate::contract::{Contract, type_name};
 use crate::exports::netless::inference::profile::NodeTime;
 use crate::netless::inference::types::{Error, Tensor, TensorType};
@@ -24,10 +27,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Builds the runnable model from the decoded ONNX proto.
+    /// Builds the runnable model from the decoded ONNX skeleton, reading each large weight from
+    /// the blob into the tensor that keeps it.
     ///
     /// Anything tract cannot translate or optimise is reported as `unsupported`.
-    pub fn load(proto: pb::ModelProto, contract: &Contract) -> Result<Prepared, Error> {
+    pub fn load(skeleton: Skeleton, contract: &Contract) -> Result<Prepared, Error> {
         let unsupported = |e: tract_onnx::prelude::TractError| Error::Unsupported(format!("{e:#}"));
         let info = &contract.info;
         let outputs: Vec<String> = info
@@ -43,10 +47,14 @@ impl Prepared {
                 outputs,
             });
         }
+        let Skeleton { proto, weights } = skeleton;
         let mut model = tract_onnx::onnx()
             .model_for_proto_model(&proto)
             .map_err(unsupported)?;
         drop(proto);
+        for weight in &weights {
+            fill(&mut model, weight)?;
+        }
         let outlets = outputs
             .iter()
             .map(|name| {
@@ -133,6 +141,39 @@ impl Prepared {
             .map(|&i| to_tract(&inputs[i]).map(IntoTValue::into_tvalue))
             .collect()
     }
+}
+
+/// Replaces the placeholder constant of `weight` by the weight itself, read from the blob.
+fn fill(model: &mut InferenceModel, weight: &Weight) -> Result<(), Error> {
+    let at_fault = |m: String| Error::Unsupported(format!("initializer `{}`: {m}", weight.name));
+    let dt: DatumType = DataType::try_from(weight.data_type)
+        .map_err(|_| at_fault(format!("unknown data type {}", weight.data_type)))?
+        .try_into()
+        .map_err(|e| at_fault(format!("{e:#}")))?;
+    let shape = weight
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| at_fault(format!("negative dimension {d}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !dt.is_copy() {
+        return Err(at_fault(format!("{dt:?} cannot be read as raw bytes")));
+    }
+    // SAFETY: every byte is overwritten from the blob below before the tensor is used.
+    let mut tensor = unsafe { TractTensor::uninitialized_dt(dt, &shape) }
+        .map_err(|e| at_fault(format!("{e:#}")))?;
+    weight.read(tensor.as_bytes_mut()).map_err(Error::Internal)?;
+    if dt == DatumType::Bool {
+        tensor.as_bytes_mut().iter_mut().for_each(|b| *b = (*b != 0) as u8);
+    }
+    let tensor = Arc::new(tensor);
+    let fact = TypedFact::try_from(tensor.clone()).map_err(|e| at_fault(format!("{e:#}")))?;
+    let op = Const::new(tensor).map_err(|e| at_fault(format!("{e:#}")))?;
+    let node = model
+        .node_by_name_mut(&weight.name)
+        .map_err(|_| Error::Internal(format!("initializer `{}` has no node", weight.name)))?;
+    node.op = Box::new(op);
+    node.outputs[0].fact = fact.into();
+    Ok(())
 }
 
 fn internal(e: tract_onnx::prelude::TractError) -> Error {

@@ -1,36 +1,10 @@
-//! The segment's blob and tensor contract: reading the blob, its metadata, and validating inputs.
+//! The segment's tensor contract: its metadata, and validating inputs.
 
 use std::collections::HashSet;
 
-use prost::Message;
 use tract_onnx::pb::{self, tensor_shape_proto::dimension, type_proto};
 
-use crate::netless::inference::segment_data;
 use crate::netless::inference::types::{Error, SegmentInfo, Tensor, TensorSpec, TensorType};
-
-/// Size of one `segment-data.read`: large enough to amortise the call, small enough to stay cheap.
-const READ_CHUNK: u32 = 1 << 20;
-
-/// Reads the whole blob from the `segment-data` import.
-pub fn read_blob() -> Vec<u8> {
-    let size = segment_data::size();
-    let mut blob = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    while (blob.len() as u64) < size {
-        let want = (size - blob.len() as u64).min(u64::from(READ_CHUNK)) as u32;
-        let chunk = segment_data::read(blob.len() as u64, want);
-        if chunk.is_empty() {
-            break;
-        }
-        blob.extend_from_slice(&chunk);
-    }
-    blob
-}
-
-/// Decodes the blob as an ONNX `ModelProto`.
-pub fn decode(blob: Vec<u8>) -> Result<pb::ModelProto, String> {
-    pb::ModelProto::decode(blob.as_slice())
-        .map_err(|e| format!("not an ONNX model ({} bytes): {e}", blob.len()))
-}
 
 /// The segment's identity and tensor contract, taken from the ONNX graph and metadata.
 pub struct Contract {

