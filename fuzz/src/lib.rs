@@ -181,7 +181,7 @@ fn signature(verdict: &Result<(), String>) -> String {
                 quoted = Some(c);
                 out.push(c);
             }
-            None if c.is_ascii_digit() => {
+            None if c.is_ascii_digit() || (out.ends_with('#') && matches!(c, ',' | ' ' | '.' | '-' | '+' | 'e')) => {
                 if !out.ends_with('#') {
                     out.push('#');
                 }
