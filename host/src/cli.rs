@@ -19,7 +19,29 @@ use netless::plan::{CostModel, MemoryModel, Objective, Request};
 use netless::split::{Split, SplitOptions};
 use netless::verify::{self, VerifyOptions};
 
+/// Lines to stdout that return a failed write (a closed pipe, as in `netless plan ... | head -1`)
+/// from the enclosing function instead of panicking; [`main`] ends quietly on a closed stdout.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err($crate::cli::Stdout)?
+    }};
+}
+
+/// Lines to stderr that never panic: diagnostics are dropped when stderr is closed.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod distribute;
+
+/// Writing to stdout failed.
+#[derive(Debug, thiserror::Error)]
+#[error("writing to stdout: {0}")]
+pub struct Stdout(pub std::io::Error);
 
 /// Split ONNX models into segments that fit a serverless function's memory limit, and run them as one pipeline.
 #[derive(Parser)]
@@ -331,8 +353,8 @@ fn parse_stage(s: &str) -> Result<(usize, Vec<String>), String> {
 
 #[derive(Args)]
 struct ShapeArgs {
-    /// An input shape as NAME=D1,D2,... (repeatable); defaults to the declared shape, with a dynamic first
-    /// dimension taken as 1.
+    /// An input shape as NAME=D1,D2,... (repeatable; NAME= or NAME=scalar for a scalar); defaults to the
+    /// declared shape, with a dynamic first dimension taken as 1.
     #[arg(long = "input-shape", value_parser = parse_shape)]
     input_shapes: Vec<(String, Vec<u64>)>,
 }
@@ -426,8 +448,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(size.as_u64())
 }
 
+/// `NAME=D1,D2,...`, or `NAME=` / `NAME=scalar` for a rank-0 input.
 fn parse_shape(s: &str) -> Result<(String, Vec<u64>), String> {
-    let (name, dims) = s.rsplit_once('=').ok_or_else(|| format!("`{s}` is not NAME=D1,D2,..."))?;
+    let (name, dims) = s.rsplit_once('=').ok_or_else(|| format!("`{s}` is not NAME=D1,D2,... (or NAME=scalar)"))?;
+    if name.is_empty() {
+        return Err(format!("`{s}` names no input"));
+    }
+    if matches!(dims.trim(), "" | "scalar") {
+        return Ok((name.to_string(), Vec::new()));
+    }
     let dims = dims
         .split(',')
         .map(|d| d.trim().parse::<u64>().map_err(|_| format!("`{d}` in `{s}` is not a dimension")))
@@ -449,6 +478,7 @@ fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
 pub fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.chain().any(|c| c.downcast_ref::<Stdout>().is_some_and(|s| s.0.kind() == std::io::ErrorKind::BrokenPipe)) => ExitCode::SUCCESS,
         Err(e) => {
             let mut message = e.to_string();
             for cause in e.chain().skip(1).map(|c| c.to_string()) {
@@ -467,13 +497,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect { model, shapes, costs } => inspect(&model, &shapes, &costs),
         Command::Plan(args) => {
             let split = Split::new(&args.model, &args.options()?)?;
-            print_plan(&split.plan);
+            print_plan(&split.plan)?;
             Ok(())
         }
         Command::Split { plan, out } => {
             let split = Split::new(&plan.model, &plan.options()?)?;
             let written = split.write(&out)?;
-            print_plan(&written);
+            print_plan(&written)?;
             println!("wrote {} segments and plan.json to {}", written.segments.len(), out.display());
             Ok(())
         }
@@ -939,7 +969,7 @@ fn truncate(s: &str, width: usize) -> String {
     if s.chars().count() <= width { s.to_string() } else { format!("{}…", s.chars().take(width - 1).collect::<String>()) }
 }
 
-fn print_plan(plan: &Plan) {
+fn print_plan(plan: &Plan) -> anyhow::Result<()> {
     println!(
         "{} ({} nodes, {} weights) -> {} segments under {} [objective {:?}, order {}]",
         plan.model.name,
@@ -970,4 +1000,5 @@ fn print_plan(plan: &Plan) {
         println!("boundary after segment {}: {} bytes in {} tensor(s): {}", b.after_segment, b.bytes, b.tensors.len(), b.tensors.join(", "));
     }
     println!("estimated latency {:.1} ms, slowest stage {:.1} ms", plan.latency_seconds * 1e3, plan.slowest_stage_seconds * 1e3);
+    Ok(())
 }

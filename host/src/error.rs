@@ -43,6 +43,19 @@ pub enum Error {
     /// Shapes or types could not be resolved for the given inputs.
     #[error("shape inference failed: {0}")]
     ShapeInference(String),
+    /// tract cannot type, optimise or plan the model (or one of its segments) for these input shapes,
+    /// so the segment runtime could not prepare it.
+    #[error("{what} cannot be prepared by NetLess's runtime (tract) for these input shapes: {}{reason}", at_node(.node, .within))]
+    Unpreparable {
+        /// The model or segment.
+        what: String,
+        /// The innermost node tract names (empty when it names none).
+        node: String,
+        /// The nodes (If, Scan) whose subgraphs hold it, outermost first.
+        within: Vec<String>,
+        /// Why, from tract.
+        reason: String,
+    },
     /// One node alone needs more memory than the limit allows.
     #[error(
         "node `{node}` ({op}) alone needs an estimated {needed} bytes ({needed_mib:.1} MiB), over the limit of {limit} bytes; the smallest limit that works is {smallest} bytes ({smallest_mib:.1} MiB)"
@@ -114,6 +127,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+fn at_node(node: &str, within: &[String]) -> String {
+    match (node.is_empty(), within.is_empty()) {
+        (true, _) => String::new(),
+        (false, true) => format!("node `{node}`: "),
+        (false, false) => format!("node `{node}` (inside `{}`): ", within.join("` > `")),
+    }
 }
 
 impl Error {

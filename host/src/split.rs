@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::emit;
 use crate::onnx::graph::InputShapes;
 use crate::onnx::load::hex;
+use crate::onnx::prepare;
 use crate::onnx::{Graph, OnnxModel};
 use crate::plan::file::{self, Boundary, ModelInfo, Plan, RequestInfo, Segment};
 use crate::plan::{self, CostModel, MemoryModel, Planned, Request};
@@ -46,7 +47,22 @@ impl Split {
         let graph = Graph::analyse(&model, &options.input_shapes)?;
         let planned = plan::plan(&graph, &options.request, &options.memory, &options.cost)?;
         let plan = describe(&model, &graph, &planned, options);
-        Ok(Split { model, graph, planned, plan })
+        let split = Split { model, graph, planned, plan };
+        split.check_segments()?;
+        Ok(split)
+    }
+
+    /// Prepares every segment as the runtime will, so that a split that cannot run is refused
+    /// before anything is written.
+    fn check_segments(&self) -> Result<()> {
+        let count = self.planned.segments.len();
+        for (index, seg) in self.planned.segments.iter().enumerate() {
+            let proto = emit::segment_model(&self.model, &self.graph, &self.planned.live, seg, index, count);
+            let entry = &self.plan.segments[index];
+            let inputs: Vec<_> = entry.inputs.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice())).collect();
+            prepare::segment(&proto, &format!("segment {index} ({})", entry.file), &inputs)?;
+        }
+        Ok(())
     }
 
     /// Writes every segment's ONNX file and `plan.json` into `out`, all at once; returns the final plan.

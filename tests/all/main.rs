@@ -5,6 +5,8 @@ mod bad_input;
 mod common;
 mod deploy;
 mod distributed;
+mod early_errors;
+mod fuzz;
 mod memory_bounds;
 mod onnx_builder;
 mod partition_dp;

@@ -58,3 +58,25 @@ pub fn save(dir: &std::path::Path, name: &str, model: &ModelProto) -> std::path:
     std::fs::write(&path, model.encode_to_vec()).expect("write model");
     path
 }
+
+/// A tensor type of any element type (`TensorProto.DataType`); `None` leaves the shape unknown.
+pub fn typed_value(name: &str, elem_type: i32, shape: Option<&[i64]>) -> ValueInfoProto {
+    let mut info = value(name, shape.unwrap_or(&[]));
+    if let Some(pb::type_proto::Value::TensorType(t)) = info.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        t.elem_type = elem_type;
+        if shape.is_none() {
+            t.shape = None;
+        }
+    }
+    info
+}
+
+/// An integer-list attribute.
+pub fn ints_attribute(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: 7, ints: values.to_vec(), ..Default::default() }
+}
+
+/// An integer attribute.
+pub fn int_attribute(name: &str, value: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: 2, i: value, ..Default::default() }
+}

@@ -211,3 +211,132 @@ fn onnx_type(elem_type: i32) -> Option<TensorType> {
         _ => return None,
     })
 }
+
+/// The contract checks, fuzzed: the blob's contract as decoded from any bytes, and `validate` on
+/// any tensors. Runs natively: `cargo test -p netless-segment --lib` (see docs/fuzzing.md).
+#[cfg(test)]
+mod fuzz {
+    use netless_fuzz::{Target, fuzz};
+    use prost::Message;
+    use tract_onnx::pb::{self, tensor_shape_proto::Dimension};
+
+    use super::*;
+
+    const TYPES: [TensorType; 13] = [
+        TensorType::F16, TensorType::F32, TensorType::F64, TensorType::Bf16, TensorType::U8, TensorType::I8, TensorType::U16,
+        TensorType::I16, TensorType::U32, TensorType::I32, TensorType::U64, TensorType::I64, TensorType::Boolean,
+    ];
+    const NAMES: [&str; 4] = ["x", "mask", "ids", "other"];
+
+    fn corpus(name: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(name)
+    }
+
+    fn value(name: &str, elem_type: i32, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+        let dim = dims
+            .iter()
+            .map(|d| Dimension {
+                value: Some(match d {
+                    Some(v) => dimension::Value::DimValue(*v),
+                    None => dimension::Value::DimParam("n".into()),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let tensor = type_proto::Tensor { elem_type, shape: Some(pb::TensorShapeProto { dim }) };
+        pb::ValueInfoProto { name: name.into(), r#type: Some(pb::TypeProto { value: Some(type_proto::Value::TensorType(tensor)), ..Default::default() }), ..Default::default() }
+    }
+
+    /// A segment's model: three inputs of different types, one dynamic dimension, one weight
+    /// listed as an input, metadata.
+    fn segment() -> pb::ModelProto {
+        let meta = |k: &str, v: &str| pb::StringStringEntryProto { key: k.into(), value: v.into() };
+        pb::ModelProto {
+            ir_version: 8,
+            metadata_props: vec![meta("netless.model", "m"), meta("netless.segment.index", "1"), meta("netless.segment.count", "3")],
+            graph: Some(pb::GraphProto {
+                name: "m-seg-1".into(),
+                input: vec![value("x", 1, &[None, Some(4)]), value("mask", 9, &[Some(2)]), value("ids", 7, &[Some(3)]), value("w", 1, &[Some(4)])],
+                output: vec![value("y", 1, &[None, Some(4)]), value("ids", 7, &[Some(3)])],
+                initializer: vec![pb::TensorProto { name: "w".into(), dims: vec![4], data_type: 1, float_data: vec![1.0; 4], ..Default::default() }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Tensors as the inputs target reads them: per tensor a name, type, rank, dimensions (255 is
+    /// u64::MAX) and a data length byte, then that many data bytes (or 16 times as many).
+    fn tensors(input: &[u8]) -> Vec<Tensor> {
+        let mut bytes = input.iter().copied();
+        let mut out = Vec::new();
+        while let (Some(name), Some(ty), Some(rank)) = (bytes.next(), bytes.next(), bytes.next()) {
+            let shape = (0..rank % 4).map(|_| bytes.next().map_or(1, |d| if d == 255 { u64::MAX } else { d as u64 })).collect();
+            let len = bytes.next().map_or(0, |l| if l & 0x80 != 0 { (l as usize & 0x7f) * 16 } else { l as usize });
+            let data = bytes.by_ref().take(len).collect();
+            out.push(Tensor { name: NAMES[name as usize % NAMES.len()].into(), ty: TYPES[ty as usize % TYPES.len()], shape, data });
+        }
+        out
+    }
+
+    fn encode(tensors: &[(usize, usize, &[u8], Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, ty, shape, data) in tensors {
+            out.extend([*name as u8, *ty as u8, shape.len() as u8]);
+            out.extend_from_slice(shape);
+            out.push(data.len() as u8);
+            out.extend_from_slice(data);
+        }
+        out
+    }
+
+    /// A tensor that fits `spec`, dynamic dimensions taken as 1; `None` if it would be large.
+    fn fitting(spec: &TensorSpec) -> Option<Tensor> {
+        let shape: Vec<u64> = spec.shape.iter().map(|d| d.unwrap_or(1)).collect();
+        let bytes = shape.iter().try_fold(elem_size(spec.ty), |n, &d| n.checked_mul(d)).filter(|&n| n <= 1 << 20)?;
+        Some(Tensor { name: spec.name.clone(), ty: spec.ty, shape, data: vec![0; bytes as usize] })
+    }
+
+    #[test]
+    fn contracts_from_any_blob() {
+        let mut plain = segment();
+        plain.metadata_props.clear();
+        let seeds = vec![segment().encode_to_vec(), plain.encode_to_vec()];
+        let dictionary: &[&[u8]] = &[b"netless.segment.index", b"netless.segment.count", b"netless.model", b"\x08\x01", b"\x08\x10"];
+        let target = Target { name: "contract-blob", corpus: corpus("contract-blob"), seeds, dictionary, mutators: vec![] };
+        let report = fuzz(target, |input| {
+            let contract = Contract::from_proto(&decode(input.to_vec())?)?;
+            let fitting: Option<Vec<Tensor>> = contract.info.inputs.iter().map(fitting).collect();
+            if let Some(inputs) = fitting {
+                let names: HashSet<&str> = contract.info.inputs.iter().map(|s| s.name.as_str()).collect();
+                if names.len() == inputs.len() {
+                    contract.validate(inputs).expect("tensors made to the contract pass it");
+                }
+            }
+            Ok(())
+        });
+        assert!(report.executions > 100 && report.verdicts > 3, "{report:?}");
+    }
+
+    #[test]
+    fn inputs_against_a_contract() {
+        let contract = Contract::from_proto(&segment()).unwrap();
+        assert_eq!(contract.info.inputs.len(), 3, "the weight is not an input");
+        let x = (0, 1, &[2u8, 4][..], vec![0u8; 32]);
+        let mask = (1, 12, &[2u8][..], vec![1, 0]);
+        let ids = (2, 11, &[3u8][..], vec![7u8; 24]);
+        let seeds = vec![encode(&[x.clone(), mask.clone(), ids.clone()]), encode(&[ids, mask, x])];
+        let target = Target { name: "contract-inputs", corpus: corpus("contract-inputs"), seeds, dictionary: &[], mutators: vec![] };
+        let report = fuzz(target, |input| {
+            let ordered = contract.validate(tensors(input)).map_err(|e| format!("{e:?}"))?;
+            assert_eq!(ordered.len(), contract.info.inputs.len());
+            for (spec, t) in contract.info.inputs.iter().zip(&ordered) {
+                assert_eq!((&spec.name, spec.ty), (&t.name, t.ty), "inputs come back in declared order");
+                let bytes = t.shape.iter().try_fold(elem_size(t.ty), |n, &d| n.checked_mul(d));
+                assert_eq!(bytes, Some(t.data.len() as u64), "input `{}` holds its shape's bytes", t.name);
+            }
+            Ok(())
+        });
+        assert!(report.executions > 100 && report.verdicts > 5 && report.accepted > 0, "{report:?}");
+    }
+}

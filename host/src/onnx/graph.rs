@@ -181,9 +181,9 @@ const FOLD_LIMIT: u64 = 64 << 10;
 fn infer_facts(model: &OnnxModel, shapes: &InputShapes) -> Result<Facts> {
     let graph = model.graph();
     let dir = model.path.parent().and_then(Path::to_str);
-    let parsed = tract_onnx::onnx()
-        .with_ignore_value_info(true)
-        .parse(&model.proto, dir)
+    let parse = || tract_onnx::onnx().with_ignore_value_info(true).parse(&model.proto, dir);
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse))
+        .map_err(|_| Error::NotOnnx { path: model.path.clone(), reason: "tract panicked while reading it (a malformed graph)".into() })?
         .map_err(|e| Error::NotOnnx { path: model.path.clone(), reason: format!("{e:#}") })?;
     if let Some(name) = parsed.unresolved_inputs.first() {
         return Err(Error::NotOnnx {
@@ -215,7 +215,7 @@ fn infer_facts(model: &OnnxModel, shapes: &InputShapes) -> Result<Facts> {
         let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
         tract_model.set_input_fact(ix, InferenceFact::dt_shape(dt, dims)).map_err(shape_error)?;
     }
-    tract_model.analyse(false).map_err(shape_error)?;
+    super::prepare::analyse(&mut tract_model, "the model")?;
 
     let mut facts = Facts::new();
     let mut missing = Vec::new();
@@ -230,8 +230,8 @@ fn infer_facts(model: &OnnxModel, shapes: &InputShapes) -> Result<Facts> {
             _ => missing.push(name.clone()),
         }
     }
+    let typed = super::prepare::typed(tract_model, "the model")?;
     if !missing.is_empty() {
-        let typed = tract_model.into_typed().map_err(shape_error)?;
         for node in typed.nodes() {
             for (ix, output) in node.outputs.iter().enumerate() {
                 let Some(label) = typed.outlet_label(OutletId::new(node.id, ix)) else { continue };
@@ -284,7 +284,7 @@ fn input_fact(input: &pb::ValueInfoProto, shapes: &InputShapes) -> Result<(ElemT
         }
         return Ok((dtype, given.clone()));
     }
-    let declared = declared.ok_or_else(|| bad(format!("has no declared shape; pass --input-shape {}=...", input.name)))?;
+    let declared = declared.ok_or_else(|| bad(format!("has no declared shape; pass --input-shape {0}=D1,D2,... ({0}= for a scalar)", input.name)))?;
     let mut shape = Vec::with_capacity(declared.len());
     for (axis, dim) in declared.iter().enumerate() {
         match (dim, axis) {

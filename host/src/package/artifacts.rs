@@ -57,6 +57,8 @@ pub struct Built {
 }
 
 /// Builds every segment's component into `dir/components/`, all at once (staged, then renamed).
+/// Each segment's model is first prepared natively as the runtime will prepare it, so no component
+/// is made of a model the runtime cannot prepare.
 pub fn build(dir: &Path, plan: &Plan, runtime: &[u8]) -> Result<Vec<Built>> {
     validate("the segment runtime", runtime)?;
     let staging = dir.join(format!(".{DIR}.partial-{}", std::process::id()));
@@ -83,6 +85,7 @@ fn build_into(staging: &Path, dir: &Path, plan: &Plan, runtime: &[u8]) -> Result
         let started = Instant::now();
         let blob = plan.read_segment(dir, seg.index)?;
         let what = format!("segment {} ({})", seg.index, seg.file);
+        check_segment(&blob, &what, seg)?;
         let data = data_component::build(&blob).map_err(|e| Error::Package { what: what.clone(), reason: e.to_string() })?;
         let component = compose::segment(runtime, &data).map_err(|e| Error::Package { what: what.clone(), reason: e.to_string() })?;
         validate(&what, &component)?;
@@ -98,6 +101,13 @@ fn build_into(staging: &Path, dir: &Path, plan: &Plan, runtime: &[u8]) -> Result
     }
     bar.finish_and_clear();
     Ok(built)
+}
+
+/// Refuses a segment the runtime could not prepare, before a component is made of it.
+fn check_segment(blob: &[u8], what: &str, seg: &crate::plan::file::Segment) -> Result<()> {
+    let proto = <crate::onnx::pb::ModelProto as prost::Message>::decode(blob).map_err(|e| Error::Package { what: what.into(), reason: format!("not an ONNX model: {e}") })?;
+    let inputs: Vec<_> = seg.inputs.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice())).collect();
+    crate::onnx::prepare::segment(&proto, what, &inputs)
 }
 
 /// The record of a pre-initialised build, `components/preinitialized.json`.

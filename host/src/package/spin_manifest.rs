@@ -154,7 +154,8 @@ impl Manifest {
 
     /// Parses and checks a manifest's text; the error names the line.
     pub fn parse(text: &str) -> Result<Manifest, String> {
-        let manifest: Manifest = toml_edit::de::from_str(text).map_err(|e| match e.span() {
+        let parsed = std::panic::catch_unwind(|| toml_edit::de::from_str::<Manifest>(text)).map_err(|_| "not valid TOML (its parser panicked)".to_string())?;
+        let manifest: Manifest = parsed.map_err(|e| match e.span() {
             Some(span) => format!("line {}: {}", text[..span.start].matches('\n').count() + 1, e.message()),
             None => e.message().to_string(),
         })?;

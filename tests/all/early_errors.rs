@@ -1,0 +1,172 @@
+//! A model the runtime cannot prepare is refused by the first command that can know (`inspect`,
+//! `plan`, `split`; `build` for a segment changed since), naming the node and why, with nothing
+//! written. Also: closed pipes end commands quietly, and scalar inputs take `--input-shape NAME=`.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use netless::onnx::pb::{GraphProto, ModelProto};
+
+use crate::common::{failure, netless};
+use crate::onnx_builder::{graph_attribute, int_attribute, ints_attribute, model, node, save, typed_value, value};
+
+fn scalar_weight(name: &str, v: f32) -> netless::onnx::pb::TensorProto {
+    netless::onnx::pb::TensorProto { name: name.into(), data_type: 1, float_data: vec![v], ..Default::default() }
+}
+
+/// `y = If(sum(x) > 0) then relu(x) [1,8] else mean(x, axis 1) [1,1]`: valid ONNX (onnxruntime runs
+/// it), but tract needs both branches to give the same shape.
+fn mismatched_if() -> ModelProto {
+    let then_branch = GraphProto { name: "then".into(), node: vec![node("Relu", &["x"], &["r"])], output: vec![value("r", &[1, 8])], ..Default::default() };
+    let mut mean = node("ReduceMean", &["x"], &["m"]);
+    mean.attribute = vec![ints_attribute("axes", &[1])];
+    let else_branch = GraphProto { name: "else".into(), node: vec![mean], output: vec![value("m", &[1, 1])], ..Default::default() };
+    let mut sum = node("ReduceSum", &["x"], &["s"]);
+    sum.attribute = vec![int_attribute("keepdims", 0)];
+    let mut choose = node("If", &["c"], &["y"]);
+    choose.name = "choose".into();
+    choose.attribute = vec![graph_attribute("then_branch", then_branch), graph_attribute("else_branch", else_branch)];
+    model(GraphProto {
+        name: "mismatched_if".into(),
+        node: vec![sum, node("Greater", &["s", "zero"], &["c"]), choose],
+        initializer: vec![scalar_weight("zero", 0.0)],
+        input: vec![value("x", &[1, 8])],
+        output: vec![typed_value("y", 1, None)],
+        ..Default::default()
+    })
+}
+
+/// DepthToSpace with block size 2 over 3 channels: an operator tract knows, which it cannot type
+/// for this shape (the depth must be a multiple of 4).
+fn depth_to_space_of_three_channels() -> ModelProto {
+    let mut d2s = node("DepthToSpace", &["x"], &["y"]);
+    d2s.name = "d2s".into();
+    d2s.attribute = vec![int_attribute("blocksize", 2)];
+    model(GraphProto {
+        name: "d2s".into(),
+        node: vec![node("Relu", &["img"], &["x"]), d2s],
+        input: vec![value("img", &[1, 3, 4, 4])],
+        output: vec![typed_value("y", 1, None)],
+        ..Default::default()
+    })
+}
+
+/// `y = If(sum(x) > 0) then float(NonZero(x)) [2, n] else concat(x, x) [2, 8]`: the model's input
+/// is concrete, the dynamic dimension `n` appears only inside the then branch.
+fn dynamic_inside_a_branch() -> ModelProto {
+    let mut cast = node("Cast", &["nz"], &["r"]);
+    cast.name = "then_cast".into();
+    cast.attribute = vec![int_attribute("to", 1)];
+    let then_branch = GraphProto { name: "then".into(), node: vec![node("NonZero", &["x"], &["nz"]), cast], output: vec![typed_value("r", 1, None)], ..Default::default() };
+    let mut concat = node("Concat", &["x", "x"], &["m"]);
+    concat.attribute = vec![int_attribute("axis", 0)];
+    let else_branch = GraphProto { name: "else".into(), node: vec![concat], output: vec![typed_value("m", 1, None)], ..Default::default() };
+    let mut sum = node("ReduceSum", &["x"], &["s"]);
+    sum.attribute = vec![int_attribute("keepdims", 0)];
+    let mut choose = node("If", &["c"], &["y"]);
+    choose.name = "choose".into();
+    choose.attribute = vec![graph_attribute("then_branch", then_branch), graph_attribute("else_branch", else_branch)];
+    model(GraphProto {
+        name: "dynamic_if".into(),
+        node: vec![sum, node("Greater", &["s", "zero"], &["c"]), choose],
+        initializer: vec![scalar_weight("zero", 0.0)],
+        input: vec![value("x", &[1, 8])],
+        output: vec![typed_value("y", 1, None)],
+        ..Default::default()
+    })
+}
+
+/// `inspect`, `plan` and `split` all refuse the model, naming the node (`node`) and saying `why`; `split`
+/// writes nothing.
+fn assert_refused(path: &Path, node: &str, why: &str) {
+    let model = path.to_str().unwrap();
+    let out = path.with_extension("out");
+    for args in [vec!["inspect", model], vec!["plan", model, "--max-memory", "64MiB"], vec!["split", model, "--max-memory", "64MiB", "-o", out.to_str().unwrap()]] {
+        let err = failure(&netless(&args));
+        assert!(err.contains("cannot be prepared") && err.contains(node) && err.contains(why), "{}: {err}", args[0]);
+    }
+    assert!(!out.exists(), "split wrote {}", out.display());
+}
+
+#[test]
+fn if_branches_with_different_shapes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_refused(&save(dir.path(), "mismatched_if.onnx", &mismatched_if()), "(inside `choose`)", "the branches of If `choose` give outputs of different shapes");
+}
+
+#[test]
+fn an_operator_tract_cannot_type_for_these_shapes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_refused(&save(dir.path(), "d2s.onnx", &depth_to_space_of_three_channels()), "node `d2s`", "multiple of (blocksize * bloksize)");
+}
+
+#[test]
+fn a_dynamic_dimension_inside_a_subgraph_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_refused(&save(dir.path(), "dynamic_if.onnx", &dynamic_inside_a_branch()), "node `then_cast` (inside `choose`)", "got 2,");
+}
+
+/// A split whose segment was replaced (plan updated to match) by one the runtime cannot prepare:
+/// `build` refuses it before making any component.
+#[test]
+fn build_refuses_a_segment_that_cannot_be_prepared() {
+    let Some(runtime) = crate::common::runtime_wasm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let good = model(GraphProto {
+        name: "chain".into(),
+        node: vec![node("Relu", &["x"], &["a"]), node("Relu", &["a"], &["y"])],
+        input: vec![value("x", &[1, 8])],
+        output: vec![value("y", &[1, 8])],
+        ..Default::default()
+    });
+    let path = save(dir.path(), "chain.onnx", &good);
+    let out = dir.path().join("out");
+    assert!(netless(&["split", path.to_str().unwrap(), "--max-memory", "64MiB", "-o", out.to_str().unwrap()]).status.success());
+    let bad = prost::Message::encode_to_vec(&mismatched_if());
+    let mut plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+    std::fs::write(out.join("seg-00.onnx"), &bad).unwrap();
+    plan["segments"][0]["sha256"] = netless::onnx::load::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bad)).into();
+    plan["segments"][0]["inputs"] = serde_json::json!([{ "name": "x", "dtype": "f32", "shape": [1, 8] }]);
+    std::fs::write(out.join("plan.json"), plan.to_string()).unwrap();
+    let err = failure(&netless(&["build", out.to_str().unwrap(), "--runtime", runtime.to_str().unwrap(), "--lazy"]));
+    assert!(err.contains("segment 0") && err.contains("`choose`") && err.contains("cannot be prepared"), "{err}");
+    assert!(!out.join("components").exists(), "no component was made");
+}
+
+/// `netless inspect MODEL | head -c 1` ends quietly: no panic, no message, success. open_nsfw's
+/// table is larger than a pipe holds, so a write after the reader left fails.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let Some(path) = crate::common::model("open_nsfw.onnx") else { return };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netless")).args(["inspect", path.to_str().unwrap()]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut first = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.is_empty(), "{:?} {stderr}", output.status);
+}
+
+/// A rank-0 input is given as `NAME=` or `NAME=scalar`; a rank mismatch is still refused.
+#[test]
+fn scalar_input_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut graph = GraphProto {
+        name: "scale".into(),
+        node: vec![node("Mul", &["x", "k"], &["y"])],
+        input: vec![value("x", &[1, 8]), typed_value("k", 1, None)],
+        output: vec![value("y", &[1, 8])],
+        ..Default::default()
+    };
+    let path = save(dir.path(), "scale.onnx", &model(graph.clone()));
+    let err = failure(&netless(&["plan", path.to_str().unwrap(), "--max-memory", "64MiB"]));
+    assert!(err.contains("input `k`") && err.contains("--input-shape k="), "{err}");
+    for given in ["k=", "k=scalar"] {
+        let ok = netless(&["plan", path.to_str().unwrap(), "--max-memory", "64MiB", "--input-shape", given]);
+        assert!(ok.status.success(), "{given}: {}", String::from_utf8_lossy(&ok.stderr));
+    }
+    graph.input[1] = typed_value("k", 1, Some(&[1]));
+    let path = save(dir.path(), "scale1.onnx", &model(graph));
+    let err = failure(&netless(&["plan", path.to_str().unwrap(), "--max-memory", "64MiB", "--input-shape", "k="]));
+    assert!(err.contains("input `k`") && err.contains("does not fit the declared shape"), "{err}");
+}
