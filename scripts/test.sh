@@ -11,5 +11,5 @@ bash scripts/build-components.sh
 cargo build --locked -p netless
 "$NETLESS_BIN" cache prune --dir "$(dirname "$NETLESS_RUNTIME_WASM")/netless-test-cache" --max-size 6GiB
 # builds target/debug/netless too (the integration tests run it), which the Python checks then use
-cargo test --locked -p netless -p netless-oip
+cargo test --locked -p netless -p netless-oip -p netless-fuzz
 python3 -m pytest -q tests/python
