@@ -22,19 +22,7 @@ fn mismatched_if() -> ModelProto {
     let mut mean = node("ReduceMean", &["x"], &["m"]);
     mean.attribute = vec![ints_attribute("axes", &[1])];
     let else_branch = GraphProto { name: "else".into(), node: vec![mean], output: vec![value("m", &[1, 1])], ..Default::default() };
-    let mut sum = node("ReduceSum", &["x"], &["s"]);
-    sum.attribute = vec![int_attribute("keepdims", 0)];
-    let mut choose = node("If", &["c"], &["y"]);
-    choose.name = "choose".into();
-    choose.attribute = vec![graph_attribute("then_branch", then_branch), graph_attribute("else_branch", else_branch)];
-    model(GraphProto {
-        name: "mismatched_if".into(),
-        node: vec![sum, node("Greater", &["s", "zero"], &["c"]), choose],
-        initializer: vec![scalar_weight("zero", 0.0)],
-        input: vec![value("x", &[1, 8])],
-        output: vec![typed_value("y", 1, None)],
-        ..Default::default()
-    })
+    if_on_positive_sum("mismatched_if", then_branch, else_branch)
 }
 
 /// DepthToSpace with block size 2 over 3 channels: an operator tract knows, which it cannot type
@@ -62,13 +50,18 @@ fn dynamic_inside_a_branch() -> ModelProto {
     let mut concat = node("Concat", &["x", "x"], &["m"]);
     concat.attribute = vec![int_attribute("axis", 0)];
     let else_branch = GraphProto { name: "else".into(), node: vec![concat], output: vec![typed_value("m", 1, None)], ..Default::default() };
+    if_on_positive_sum("dynamic_if", then_branch, else_branch)
+}
+
+/// `y = If(sum(x) > 0) then .. else ..` over an input `x` of shape [1, 8], the If node named `choose`.
+fn if_on_positive_sum(name: &str, then_branch: GraphProto, else_branch: GraphProto) -> ModelProto {
     let mut sum = node("ReduceSum", &["x"], &["s"]);
     sum.attribute = vec![int_attribute("keepdims", 0)];
     let mut choose = node("If", &["c"], &["y"]);
     choose.name = "choose".into();
     choose.attribute = vec![graph_attribute("then_branch", then_branch), graph_attribute("else_branch", else_branch)];
     model(GraphProto {
-        name: "dynamic_if".into(),
+        name: name.into(),
         node: vec![sum, node("Greater", &["s", "zero"], &["c"]), choose],
         initializer: vec![scalar_weight("zero", 0.0)],
         input: vec![value("x", &[1, 8])],
