@@ -10,6 +10,7 @@
 mod render;
 pub mod hops;
 pub mod serve;
+pub mod shards;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

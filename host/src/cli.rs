@@ -213,6 +213,11 @@ enum Command {
         /// Also measure every K's Spin app under the real Spin CLI at this path (`spin up`; --serve --spin).
         #[arg(long, requires = "spin")]
         spin_cli: Option<PathBuf>,
+        /// Measure the split under --max-memory with its largest nodes cut into shards instead: split
+        /// time, functions, bytes per boundary, and latency with shards concurrent vs one after another
+        /// vs the unsplit model in native tract.
+        #[arg(long, conflicts_with_all = ["serve", "hops"])]
+        shards: bool,
         /// Measure the latency one hop between stages adds instead: in one process, over loopback,
         /// across network namespaces (--netns) and chained under Spin, on a one-node model.
         #[arg(long, conflicts_with = "serve")]
@@ -641,6 +646,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { model: None, .. } => bail!("a model is needed (only --hops runs without one)"),
+        Command::Bench { model: Some(model), max_memory, shapes, runs, out, shards: true, .. } => {
+            let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+            let out = out.unwrap_or_else(|| Path::new("bench-out").join(format!("{stem}-shards")));
+            let runtime = component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm");
+            let options = netless::bench::shards::ShardBenchOptions {
+                model,
+                max_memory,
+                input_shapes: shapes.input_shapes,
+                runs: runs as usize,
+                runtime_wasm: std::fs::read(&runtime).with_context(|| format!("reading the segment runtime {} (build it with scripts/build-components.sh)", runtime.display()))?,
+                out: out.join("split"),
+            };
+            let report = netless::bench::shards::run(&options, &Engine::new(cache_dir())?, &mut |line| eprintln!("bench: {line}"))?;
+            let markdown = report.to_markdown();
+            std::fs::write(out.join("shards.md"), &markdown).with_context(|| format!("writing to {}", out.display()))?;
+            std::fs::write(out.join("shards.json"), serde_json::to_string_pretty(&report)?)?;
+            println!("{markdown}");
+            println!("wrote shards.md and shards.json to {}", out.display());
+            if !report.outputs_match {
+                bail!("the sharded pipeline does not reproduce the unsplit model within 1e-4");
+            }
+            Ok(())
+        }
         Command::Bench { model: Some(model), segments, max_memory, shapes, runs, out, .. } => {
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
             let options = netless::bench::BenchOptions {
@@ -970,34 +998,65 @@ fn truncate(s: &str, width: usize) -> String {
 }
 
 fn print_plan(plan: &Plan) -> anyhow::Result<()> {
+    let groups = plan.stages.iter().filter(|s| s.group.is_some()).count();
     println!(
-        "{} ({} nodes, {} weights) -> {} segments under {} [objective {:?}, order {}]",
+        "{} ({} nodes, {} weights) -> {} stages ({} functions, {} shard groups) under {} [objective {:?}, order {}]",
         plan.model.name,
         plan.model.nodes,
         mib(plan.model.weight_bytes),
+        plan.stages.len(),
         plan.segments.len(),
+        groups,
         mib(plan.request.max_memory),
         plan.request.objective,
         plan.order
     );
-    println!("{:>3} {:>6} {:>12} {:>12} {:>12} {:>12} {:>12}  {:<}", "seg", "nodes", "GFLOPs", "weights", "peak act.", "est. memory", "out bytes", "first .. last node");
-    for (i, s) in plan.segments.iter().enumerate() {
-        let out_bytes = plan.boundaries.get(i).map(|b| b.bytes).unwrap_or_else(|| s.outputs.iter().map(|t| t.bytes()).sum());
-        println!(
-            "{:>3} {:>6} {:>12.3} {:>12} {:>12} {:>12} {:>12}  {} .. {}",
-            s.index,
-            s.nodes,
-            s.flops as f64 / 1e9,
-            mib(s.weight_bytes),
-            mib(s.peak_activation_bytes),
-            mib(s.estimated_memory),
-            out_bytes,
-            truncate(&s.first_node, 30),
-            truncate(&s.last_node, 30)
-        );
+    println!(
+        "{:>5} {:>4} {:>6} {:>12} {:>12} {:>12} {:>12} {:>12}  {:<}",
+        "stage", "seg", "nodes", "GFLOPs", "weights", "peak act.", "est. memory", "out bytes", "first .. last node"
+    );
+    for stage in &plan.stages {
+        let out_bytes = plan.boundaries.get(stage.index).map(|b| b.bytes.to_string()).unwrap_or_default();
+        if let Some(group) = &stage.group {
+            println!(
+                "{:>5} group: node `{}` ({}) needs {} whole, cut by {:?} ({} units) into {} parallel shards, joined by {}; {} bytes out",
+                stage.index,
+                truncate(&group.node, 40),
+                group.op,
+                mib(group.unsharded_memory),
+                group.strategy,
+                group.extent,
+                stage.segments.len(),
+                match group.join.join {
+                    netless::plan::shard::Join::Concat { axis } => format!("Concat on axis {axis}"),
+                    netless::plan::shard::Join::Sum => "Sum".into(),
+                },
+                out_bytes
+            );
+        }
+        for &i in &stage.segments {
+            let s = &plan.segments[i];
+            let label = match &s.shard {
+                Some(shard) => format!("{}/{} [{}..{})", shard.index, shard.count, shard.range[0], shard.range[1]),
+                None if s.nodes == 0 => "joins the shards".into(),
+                None => format!("{} .. {}", truncate(&s.first_node, 30), truncate(&s.last_node, 30)),
+            };
+            println!(
+                "{:>5} {:>4} {:>6} {:>12.3} {:>12} {:>12} {:>12} {:>12}  {}",
+                if stage.group.is_some() { String::new() } else { stage.index.to_string() },
+                s.index,
+                s.nodes,
+                s.flops as f64 / 1e9,
+                mib(s.weight_bytes),
+                mib(s.peak_activation_bytes),
+                mib(s.estimated_memory),
+                if stage.group.is_some() { s.outputs.iter().map(|t| t.bytes()).sum::<u64>().to_string() } else { out_bytes.clone() },
+                label
+            );
+        }
     }
     for b in &plan.boundaries {
-        println!("boundary after segment {}: {} bytes in {} tensor(s): {}", b.after_segment, b.bytes, b.tensors.len(), b.tensors.join(", "));
+        println!("boundary after stage {}: {} bytes in {} tensor(s): {}", b.after_stage, b.bytes, b.tensors.len(), b.tensors.join(", "));
     }
     println!("estimated latency {:.1} ms, slowest stage {:.1} ms", plan.latency_seconds * 1e3, plan.slowest_stage_seconds * 1e3);
     Ok(())

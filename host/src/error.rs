@@ -58,7 +58,7 @@ pub enum Error {
     },
     /// One node alone needs more memory than the limit allows.
     #[error(
-        "node `{node}` ({op}) alone needs an estimated {needed} bytes ({needed_mib:.1} MiB), over the limit of {limit} bytes; the smallest limit that works is {smallest} bytes ({smallest_mib:.1} MiB)"
+        "node `{node}` ({op}) alone needs an estimated {needed} bytes ({needed_mib:.1} MiB), over the limit of {limit} bytes, and it cannot be cut into shards (NetLess shards MatMul, Gemm, Conv and Gather with constant weights); the smallest limit that works is {smallest} bytes ({smallest_mib:.1} MiB)"
     )]
     NodeTooLarge {
         /// The node's name.
@@ -76,6 +76,33 @@ pub enum Error {
         /// `smallest` in MiB, for the message.
         smallest_mib: f64,
     },
+    /// A node over the limit that is cut into shards still does not fit, even one unit per shard.
+    #[error(
+        "node `{node}` ({op}) needs an estimated {needed_mib:.1} MiB whole, over the limit of {limit} bytes ({limit_mib:.1} MiB), and even cut into shards of one {unit} each a shard needs {shard_mib:.1} MiB; the smallest limit that works is {smallest} bytes ({smallest_mib:.1} MiB)"
+    )]
+    ShardTooLarge {
+        /// The node's name.
+        node: String,
+        /// Its operator.
+        op: String,
+        /// What one unit of the cut is (`output column`, `table row`...).
+        unit: String,
+        /// The estimate for the node whole, in MiB.
+        needed_mib: f64,
+        /// The estimate for a shard of one unit, in MiB.
+        shard_mib: f64,
+        /// The memory limit asked for.
+        limit: u64,
+        /// `limit` in MiB.
+        limit_mib: f64,
+        /// The smallest limit for which any partition exists.
+        smallest: u64,
+        /// `smallest` in MiB, for the message.
+        smallest_mib: f64,
+    },
+    /// The job does not support this plan yet.
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// No partition satisfies the request.
     #[error("no partition fits: {0}")]
     Infeasible(String),

@@ -28,6 +28,7 @@ pub struct Pipeline {
     plan: Plan,
     stages: Vec<Segment>,
     stages_are_segments: bool,
+    concurrent_shards: bool,
 }
 
 impl Pipeline {
@@ -47,6 +48,7 @@ impl Pipeline {
                     .collect::<Result<Vec<_>>>()?
             }
             Mode::Composed => {
+                plan.require_composable()?;
                 let path = dir.join("pipeline.wasm");
                 let wasm = std::fs::read(&path).map_err(|e| Error::Package {
                     what: "the pipeline".into(),
@@ -57,7 +59,13 @@ impl Pipeline {
                 vec![composed.map_err(|source| Error::Stage { index: 0, file: "pipeline.wasm".into(), cause: source })?]
             }
         };
-        Ok(Pipeline { plan, stages, stages_are_segments: mode == Mode::Segments })
+        Ok(Pipeline { plan, stages, stages_are_segments: mode == Mode::Segments, concurrent_shards: true })
+    }
+
+    /// Whether the shards of a group run concurrently (the default) or one after another (to measure
+    /// what concurrency gains).
+    pub fn set_concurrent_shards(&mut self, concurrent: bool) {
+        self.concurrent_shards = concurrent;
     }
 
     /// The plan being run.
@@ -70,23 +78,33 @@ impl Pipeline {
         &self.stages
     }
 
-    /// Runs the model on named tensors; returns its outputs in declared order.
+    /// Runs the model on named tensors, stage by stage, the shards of a group concurrently; returns its
+    /// outputs in declared order.
     pub fn infer(&mut self, inputs: &HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
         let mut env = inputs.clone();
-        for (index, stage) in self.stages.iter_mut().enumerate() {
-            let wanted: Vec<Tensor> = stage
-                .info()
-                .inputs
-                .iter()
-                .filter_map(|spec| env.get(&spec.name).cloned())
-                .collect();
-            let file = match self.stages_are_segments {
-                true => self.plan.segments[index].file.clone(),
-                false => "pipeline.wasm".into(),
+        let groups: Vec<Vec<usize>> = match self.stages_are_segments {
+            true => self.plan.stages.iter().map(|s| s.segments.clone()).collect(),
+            false => vec![vec![0]],
+        };
+        let mut slots: Vec<Option<&mut Segment>> = self.stages.iter_mut().map(Some).collect();
+        for members in groups {
+            let mut running: Vec<(usize, &mut Segment)> = members.iter().map(|&i| (i, slots[i].take().expect("each segment runs once"))).collect();
+            let call = |index: usize, stage: &mut Segment, env: &HashMap<String, Tensor>| {
+                let wanted: Vec<Tensor> = stage.info().inputs.iter().filter_map(|spec| env.get(&spec.name).cloned()).collect();
+                let file = if self.stages_are_segments { self.plan.segments[index].file.clone() } else { "pipeline.wasm".into() };
+                stage.infer(wanted).map_err(|source| Error::Stage { index, file, cause: source })
             };
-            let outputs = stage.infer(wanted).map_err(|source| Error::Stage { index, file, cause: source })?;
-            for tensor in outputs {
-                env.insert(tensor.name.clone(), tensor);
+            let results: Vec<Result<Vec<Tensor>>> = match &mut running[..] {
+                [(index, stage)] => vec![call(*index, stage, &env)],
+                shards if !self.concurrent_shards => shards.iter_mut().map(|(index, stage)| call(*index, stage, &env)).collect(),
+                shards => std::thread::scope(|scope| {
+                    let (env, call) = (&env, &call);
+                    let handles: Vec<_> = shards.iter_mut().map(|(index, stage)| scope.spawn(move || call(*index, stage, env))).collect();
+                    handles.into_iter().map(|h| h.join().expect("a shard's thread panicked")).collect()
+                }),
+            };
+            for result in results {
+                env.extend(result?.into_iter().map(|t| (t.name.clone(), t)));
             }
         }
         self.plan

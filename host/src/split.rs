@@ -10,7 +10,9 @@ use crate::onnx::graph::InputShapes;
 use crate::onnx::load::hex;
 use crate::onnx::prepare;
 use crate::onnx::{Graph, OnnxModel};
-use crate::plan::file::{self, Boundary, ModelInfo, Plan, RequestInfo, Segment};
+use crate::plan::dag::{self, Body, Unit};
+use crate::plan::file::{self, Boundary, Group, JoinSpec, ModelInfo, Plan, RequestInfo, Segment, ShardRef, Stage};
+use crate::plan::shard::ShardPlan;
 use crate::plan::{self, CostModel, MemoryModel, Planned, Request};
 use crate::Result;
 
@@ -36,6 +38,8 @@ pub struct Split {
     pub graph: Graph,
     /// The chosen partition.
     pub planned: Planned,
+    /// Its functions (segments and shards), stage by stage.
+    pub units: Vec<Unit>,
     /// The plan file's content (segment hashes filled in by [`Split::write`]).
     pub plan: Plan,
 }
@@ -46,18 +50,19 @@ impl Split {
         let model = OnnxModel::load(path)?;
         let graph = Graph::analyse(&model, &options.input_shapes)?;
         let planned = plan::plan(&graph, &options.request, &options.memory, &options.cost)?;
-        let plan = describe(&model, &graph, &planned, options);
-        let split = Split { model, graph, planned, plan };
-        split.check_segments()?;
+        let units = dag::units(&graph, &planned, &options.memory, options.request.max_memory)?;
+        let plan = describe(&model, &graph, &planned, &units, options);
+        let split = Split { model, graph, planned, units, plan };
+        split.check_units()?;
         Ok(split)
     }
 
-    /// Prepares every segment as the runtime will, so that a split that cannot run is refused
-    /// before anything is written.
-    fn check_segments(&self) -> Result<()> {
-        let count = self.planned.segments.len();
-        for (index, seg) in self.planned.segments.iter().enumerate() {
-            let proto = emit::segment_model(&self.model, &self.graph, &self.planned.live, seg, index, count);
+    /// Prepares every function's model (segments, shards, joins) as the runtime will, so that a
+    /// split that cannot run is refused before anything is written.
+    fn check_units(&self) -> Result<()> {
+        let count = self.units.len();
+        for (index, unit) in self.units.iter().enumerate() {
+            let proto = emit::unit_model(&self.model, &self.graph, &self.planned, unit, index, count)?;
             let entry = &self.plan.segments[index];
             let inputs: Vec<_> = entry.inputs.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice())).collect();
             prepare::segment(&proto, &format!("segment {index} ({})", entry.file), &inputs)?;
@@ -68,10 +73,10 @@ impl Split {
     /// Writes every segment's ONNX file and `plan.json` into `out`, all at once; returns the final plan.
     pub fn write(&self, out: &Path) -> Result<Plan> {
         let mut plan = self.plan.clone();
-        let count = self.planned.segments.len();
+        let count = self.units.len();
         let mut files = Vec::with_capacity(count + 1);
-        for (index, seg) in self.planned.segments.iter().enumerate() {
-            let proto = emit::segment_model(&self.model, &self.graph, &self.planned.live, seg, index, count);
+        for (index, unit) in self.units.iter().enumerate() {
+            let proto = emit::unit_model(&self.model, &self.graph, &self.planned, unit, index, count)?;
             let bytes = emit::encode(&proto);
             let entry = &mut plan.segments[index];
             entry.sha256 = hex(&Sha256::digest(&bytes));
@@ -84,45 +89,55 @@ impl Split {
     }
 }
 
-fn describe(model: &OnnxModel, graph: &Graph, planned: &Planned, options: &SplitOptions) -> Plan {
+fn describe(model: &OnnxModel, graph: &Graph, planned: &Planned, units: &[Unit], options: &SplitOptions) -> Plan {
     let live = &planned.live;
     let specs = |ids: &[usize]| ids.iter().map(|&t| emit::tensor_spec(graph, t)).collect::<Vec<_>>();
-    let segments = planned
-        .segments
+    let node_name = |pos: usize| live.order.get(pos).map(|&n| graph.nodes[n].name.clone()).unwrap_or_default();
+    let mut stages: Vec<Stage> = Vec::new();
+    let segments = units
         .iter()
         .enumerate()
-        .map(|(index, seg)| {
-            let inputs = &live.crossing[seg.start];
-            let outputs = &live.crossing[seg.end];
-            let node_name = |pos: usize| graph.nodes[live.order[pos]].name.clone();
+        .map(|(index, unit)| {
+            if stages.len() == unit.stage {
+                let group = match &unit.body {
+                    Body::Shard { plan, .. } => Some(group_of(graph, plan)),
+                    Body::Segment { .. } => None,
+                };
+                stages.push(Stage { index: unit.stage, segments: vec![], group });
+            }
+            stages[unit.stage].segments.push(index);
+            let (nodes, first_node, last_node, shard) = match &unit.body {
+                Body::Segment { start, end } => (end - start, node_name(*start), if end > start { node_name(end - 1) } else { String::new() }, None),
+                Body::Shard { plan, index: j } => {
+                    let name = graph.nodes[plan.node].name.clone();
+                    let (lo, hi) = plan.shards[*j].range;
+                    let shard = ShardRef { stage: unit.stage, index: *j, count: plan.shards.len(), range: [lo, hi] };
+                    (1, name.clone(), name, Some(shard))
+                }
+            };
             Segment {
                 index,
                 file: format!("seg-{index:02}.onnx"),
                 sha256: String::new(),
                 bytes: 0,
-                nodes: seg.end - seg.start,
-                first_node: node_name(seg.start),
-                last_node: node_name(seg.end - 1),
-                inputs: specs(inputs),
-                outputs: specs(outputs),
-                passthrough: inputs.iter().filter(|t| outputs.contains(t)).map(|&t| graph.tensors[t].name.clone()).collect(),
-                flops: seg.flops,
-                weight_bytes: seg.weight_bytes,
-                peak_activation_bytes: seg.peak_activation_bytes,
-                io_bytes: seg.io_bytes,
-                estimated_memory: seg.memory,
+                nodes,
+                first_node,
+                last_node,
+                inputs: unit.inputs.clone(),
+                outputs: unit.outputs.clone(),
+                passthrough: unit.inputs.iter().filter(|t| unit.outputs.iter().any(|o| o.name == t.name)).map(|t| t.name.clone()).collect(),
+                flops: unit.flops,
+                weight_bytes: unit.weight_bytes,
+                peak_activation_bytes: unit.peak_activation_bytes,
+                io_bytes: unit.io_bytes,
+                estimated_memory: unit.memory,
+                stage: unit.stage,
+                shard,
+                joins: unit.joins.clone(),
             }
         })
-        .collect();
-    let boundaries = planned.segments[..planned.segments.len() - 1]
-        .iter()
-        .enumerate()
-        .map(|(i, seg)| Boundary {
-            after_segment: i,
-            tensors: live.crossing[seg.end].iter().map(|&t| graph.tensors[t].name.clone()).collect(),
-            bytes: live.crossing_bytes[seg.end],
-        })
-        .collect();
+        .collect::<Vec<_>>();
+    let boundaries = boundaries(&stages, &segments, graph);
     Plan {
         format: file::FORMAT.into(),
         version: file::VERSION,
@@ -149,6 +164,45 @@ fn describe(model: &OnnxModel, graph: &Graph, planned: &Planned, options: &Split
         latency_seconds: planned.latency_seconds,
         slowest_stage_seconds: planned.slowest_stage_seconds,
         segments,
+        stages,
         boundaries,
     }
+}
+
+fn group_of(graph: &Graph, plan: &ShardPlan) -> Group {
+    let node = &graph.nodes[plan.node];
+    let output = &graph.tensors[plan.layout.output].name;
+    Group {
+        node: node.name.clone(),
+        op: node.op_type.clone(),
+        strategy: plan.layout.strategy,
+        extent: plan.layout.extent,
+        join: JoinSpec {
+            tensor: output.clone(),
+            join: plan.layout.join,
+            partials: (0..plan.shards.len()).map(|j| plan.partial_name(graph, j)).collect(),
+        },
+        unsharded_memory: plan.unsharded_memory,
+    }
+}
+
+/// What is in flight after each stage but the last: tensors made by it or before (or model inputs) and
+/// read after it (or model outputs).
+fn boundaries(stages: &[Stage], segments: &[Segment], graph: &Graph) -> Vec<Boundary> {
+    let outputs: Vec<&str> = graph.outputs.iter().map(|&t| graph.tensors[t].name.as_str()).collect();
+    let mut in_flight: Vec<file::TensorSpec> = graph.inputs.iter().map(|&t| emit::tensor_spec(graph, t)).collect();
+    let mut out = Vec::new();
+    for (i, stage) in stages.iter().enumerate().take(stages.len().saturating_sub(1)) {
+        for &s in &stage.segments {
+            for o in &segments[s].outputs {
+                if !in_flight.iter().any(|t| t.name == o.name) {
+                    in_flight.push(o.clone());
+                }
+            }
+        }
+        let later: Vec<&str> = stages[i + 1..].iter().flat_map(|st| st.segments.iter().flat_map(|&s| segments[s].inputs.iter().map(|t| t.name.as_str()))).collect();
+        in_flight.retain(|t| later.contains(&t.name.as_str()) || outputs.contains(&t.name.as_str()));
+        out.push(Boundary { after_stage: i, tensors: in_flight.iter().map(|t| t.name.clone()).collect(), bytes: in_flight.iter().map(|t| t.bytes()).sum() });
+    }
+    out
 }

@@ -1,4 +1,5 @@
-//! Checking a split: the segments run one after another in native tract must reproduce the unsplit model.
+//! Checking a split: the stages run one after another in native tract (the shards of a group
+//! concurrently) must reproduce the unsplit model.
 //!
 //! Floating-point outputs are compared by normwise relative error, `max|split - unsplit| / max|unsplit|`;
 //! integer and boolean outputs must be equal.
@@ -49,7 +50,8 @@ impl Report {
     }
 }
 
-/// Runs every segment of a plan in native tract, one after another; returns the model's outputs.
+/// Runs every stage of a plan in native tract, one after another, the shards of a group concurrently;
+/// returns the model's outputs.
 pub fn run_segments(dir: &Path, plan: &Plan, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>> {
     let models = (0..plan.segments.len()).map(|i| load_segment(dir, plan, i)).collect::<Result<Vec<_>>>()?;
     run_chain(&models, plan, inputs)
@@ -57,17 +59,25 @@ pub fn run_segments(dir: &Path, plan: &Plan, inputs: &HashMap<String, Tensor>) -
 
 fn load_segment(dir: &Path, plan: &Plan, index: usize) -> Result<NativeModel> {
     let bytes = plan.read_segment(dir, index)?;
-    let path = dir.join(&plan.segments[index].file);
+    let seg = &plan.segments[index];
     let proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
-        .map_err(|e| Error::NotOnnx { path, reason: e.to_string() })?;
-    NativeModel::new(&proto, &format!("segment {index}"), &plan.segments[index].inputs)
+        .map_err(|e| Error::NotOnnx { path: dir.join(&seg.file), reason: e.to_string() })?;
+    NativeModel::new(&proto, &seg.describe(plan), &seg.inputs)
 }
 
 fn run_chain(models: &[NativeModel], plan: &Plan, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>> {
     let mut env = inputs.clone();
-    for model in models {
-        for (name, tensor) in model.run(&env)? {
-            env.insert(name, tensor);
+    for stage in &plan.stages {
+        let results: Vec<Result<Vec<(String, Tensor)>>> = match &stage.segments[..] {
+            [one] => vec![models[*one].run(&env)],
+            shards => std::thread::scope(|scope| {
+                let env = &env;
+                let running: Vec<_> = shards.iter().map(|&s| scope.spawn(move || models[s].run(env))).collect();
+                running.into_iter().map(|h| h.join().expect("a shard's thread panicked")).collect()
+            }),
+        };
+        for result in results {
+            env.extend(result?);
         }
     }
     plan.model

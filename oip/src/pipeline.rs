@@ -25,6 +25,24 @@ pub struct StageSpec {
     pub model: String,
     /// The tensors it takes: outputs of earlier stages or inputs of the model.
     pub inputs: Vec<String>,
+    /// The plan's stage it belongs to, for a shard of a group: consecutive entries of one group take
+    /// the same inputs and are called concurrently. `None` for a segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<usize>,
+}
+
+impl PipelineSpec {
+    /// The entries of `stages` as runs called together: each segment alone, a group's shards at once.
+    pub fn steps(&self) -> Vec<std::ops::Range<usize>> {
+        let mut steps: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            match steps.last_mut() {
+                Some(last) if stage.group.is_some() && self.stages[last.start].group == stage.group => last.end = i + 1,
+                _ => steps.push(i..i + 1),
+            }
+        }
+        steps
+    }
 }
 
 /// What a gateway serves: the model's contract and its stages in order.
@@ -70,6 +88,18 @@ pub fn service_chaining_url(index: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_of_shards_is_one_step() {
+        let stage = |group| StageSpec { model: String::new(), inputs: vec![], group };
+        let spec = PipelineSpec {
+            model: "m".into(),
+            inputs: vec![],
+            outputs: vec![],
+            stages: vec![stage(None), stage(Some(1)), stage(Some(1)), stage(Some(1)), stage(None), stage(Some(3)), stage(Some(3)), stage(Some(4))],
+        };
+        assert_eq!(spec.steps(), vec![0..1, 1..4, 4..5, 5..7, 7..8]);
+    }
 
     #[test]
     fn names_round_trip() {

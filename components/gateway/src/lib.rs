@@ -10,6 +10,9 @@
 //! - `deadline_ms`: the time a request may take end to end; `hop_timeout_ms`: the time one call to
 //!   one replica may take before the next replica is tried.
 //!
+//! The shards of a group (entries of `pipeline` with the same `group`) are called concurrently: every
+//! request is sent before any answer is read.
+//!
 //! Failures that are safe to retry (no connection, a timeout, 503, 404, a malformed answer) move on
 //! to the next replica; a segment that fails or rejects its inputs fails the request, naming it.
 
@@ -108,11 +111,17 @@ fn infer(request: &Request, config: &Config, deadline: Instant) -> Result<Respon
     let wanted = rest::requested_outputs(&spec.model, &spec.outputs, &decoded).map_err(bad)?;
     let id = decoded.id.clone().unwrap_or_else(|| "gateway".to_string());
     let mut env: HashMap<String, Tensor> = rest::check_inputs(&spec.model, &spec.inputs, decoded.inputs).map_err(bad)?;
-    for (stage, replicas) in spec.stages.iter().zip(&config.replicas) {
-        let inputs: Vec<Tensor> = stage.inputs.iter().filter_map(|name| env.get(name).cloned()).collect();
-        let body = netless_oip::encode_request(&id, &inputs);
-        let outputs = call(&stage.model, replicas, &body, config.hop_timeout, deadline)?;
-        env.extend(outputs.into_iter().map(|t| (t.name.clone(), t)));
+    for step in spec.steps() {
+        let calls: Vec<Call> = step
+            .map(|i| {
+                let stage = &spec.stages[i];
+                let inputs: Vec<Tensor> = stage.inputs.iter().filter_map(|name| env.get(name).cloned()).collect();
+                Call { model: &stage.model, replicas: &config.replicas[i], request: netless_oip::encode_request(&id, &inputs) }
+            })
+            .collect();
+        for outputs in fan_out(&calls, config.hop_timeout, deadline) {
+            env.extend(outputs?.into_iter().map(|t| (t.name.clone(), t)));
+        }
     }
     let outputs = wanted
         .into_iter()
@@ -128,32 +137,82 @@ fn infer(request: &Request, config: &Config, deadline: Instant) -> Result<Respon
     Ok(builder.body(encoded.body).build())
 }
 
-/// Calls segment `model` on its replicas in turn, starting at a different one for each request.
-fn call(model: &str, replicas: &[String], request: &netless_oip::Encoded, hop_timeout: Duration, deadline: Instant) -> Result<Vec<Tensor>, Refusal> {
-    let first = outbound::spread(replicas.len());
-    let mut failures = Vec::new();
-    for k in 0..replicas.len() {
-        let replica = &replicas[(first + k) % replicas.len()];
+/// One function to call: its OIP model, its replicas, the encoded request.
+struct Call<'a> {
+    model: &'a str,
+    replicas: &'a [String],
+    request: netless_oip::Encoded,
+}
+
+/// What one answer from one replica means.
+enum Outcome {
+    Done(Vec<Tensor>),
+    /// Safe to try the next replica, for this reason.
+    Retry(String),
+    Fail(Refusal),
+}
+
+fn outcome(model: &str, replica: &str, answer: Result<Answer, String>) -> Outcome {
+    match answer {
+        Err(why) => Outcome::Retry(format!("{replica}: {why}")),
+        Ok(Answer { status: 200, header_length, body }) => match netless_oip::decode_response(&body, header_length) {
+            Ok(outputs) => Outcome::Done(outputs),
+            Err(e) => Outcome::Retry(format!("{replica}: a malformed answer: {e}")),
+        },
+        Ok(answer @ Answer { status: 503 | 404, .. }) => Outcome::Retry(format!("{replica}: {}: {}", answer.status, answer.message())),
+        Ok(Answer { status: 504, .. }) => Outcome::Fail(Refusal::new(504, format!("{model}: the request's deadline passed inside the segment"))),
+        Ok(answer) => Outcome::Fail(Refusal::new(500, format!("{model} at {replica} answered {}: {}", answer.status, answer.message()))),
+    }
+}
+
+/// Calls every function of one step: the first try of each at once (a group's shards run
+/// concurrently), then any retries one replica after another.
+fn fan_out(calls: &[Call], hop_timeout: Duration, deadline: Instant) -> Vec<Result<Vec<Tensor>, Refusal>> {
+    let firsts: Vec<usize> = calls.iter().map(|c| outbound::spread(c.replicas.len())).collect();
+    let pending: Vec<_> = calls
+        .iter()
+        .zip(&firsts)
+        .map(|(c, &first)| {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let url = format!("{}/v2/models/{}/infer", c.replicas[first], c.model);
+            outbound::send(&url, &c.request, remaining.min(hop_timeout))
+        })
+        .collect();
+    calls
+        .iter()
+        .zip(firsts)
+        .zip(pending)
+        .map(|((c, first), sent)| {
+            let answer = sent.and_then(outbound::Pending::answer);
+            match outcome(c.model, &c.replicas[first], answer) {
+                Outcome::Done(outputs) => Ok(outputs),
+                Outcome::Fail(refusal) => Err(refusal),
+                Outcome::Retry(why) => call(c, first + 1, vec![why], hop_timeout, deadline),
+            }
+        })
+        .collect()
+}
+
+/// Calls a function on its replicas in turn from `next`, after `failures` of earlier tries.
+fn call(c: &Call, next: usize, mut failures: Vec<String>, hop_timeout: Duration, deadline: Instant) -> Result<Vec<Tensor>, Refusal> {
+    let count = c.replicas.len();
+    for k in 0..count.saturating_sub(failures.len()) {
+        let replica = &c.replicas[(next + k) % count];
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             break;
         }
-        let url = format!("{replica}/v2/models/{model}/infer");
-        match outbound::post(&url, request, remaining.min(hop_timeout)) {
-            Err(why) => failures.push(format!("{replica}: {why}")),
-            Ok(Answer { status: 200, header_length, body }) => match netless_oip::decode_response(&body, header_length) {
-                Ok(outputs) => return Ok(outputs),
-                Err(e) => failures.push(format!("{replica}: a malformed answer: {e}")),
-            },
-            Ok(answer @ Answer { status: 503 | 404, .. }) => failures.push(format!("{replica}: {}: {}", answer.status, answer.message())),
-            Ok(Answer { status: 504, .. }) => return Err(Refusal::new(504, format!("{model}: the request's deadline passed inside the segment"))),
-            Ok(answer) => return Err(Refusal::new(500, format!("{model} at {replica} answered {}: {}", answer.status, answer.message()))),
+        let url = format!("{replica}/v2/models/{}/infer", c.model);
+        match outcome(c.model, replica, outbound::post(&url, &c.request, remaining.min(hop_timeout))) {
+            Outcome::Done(outputs) => return Ok(outputs),
+            Outcome::Fail(refusal) => return Err(refusal),
+            Outcome::Retry(why) => failures.push(why),
         }
     }
     if Instant::now() >= deadline {
-        return Err(Refusal::new(504, format!("{model}: the request's deadline passed calling its replicas")));
+        return Err(Refusal::new(504, format!("{}: the request's deadline passed calling its replicas", c.model)));
     }
-    Err(Refusal::new(503, format!("{model} is unavailable: no replica answered ({})", failures.join("; "))))
+    Err(Refusal::new(503, format!("{} is unavailable: no replica answered ({})", c.model, failures.join("; "))))
 }
 
 fn json(status: u16, value: &serde_json::Value) -> Response {

@@ -39,6 +39,17 @@ pub fn spread(count: usize) -> usize {
 /// POSTs an encoded OIP request to `url` (`http[s]://authority/path`); the error says why nothing
 /// usable came back (no connection, a timeout, a broken stream).
 pub fn post(url: &str, request: &netless_oip::Encoded, timeout: Duration) -> Result<Answer, String> {
+    send(url, request, timeout)?.answer()
+}
+
+/// A request sent, its answer not yet read: several can be in flight at once.
+pub struct Pending {
+    future: outgoing_handler::FutureIncomingResponse,
+    sent: Result<(), String>,
+}
+
+/// Sends an encoded OIP request to `url` without waiting for the answer.
+pub fn send(url: &str, request: &netless_oip::Encoded, timeout: Duration) -> Result<Pending, String> {
     let (scheme, rest) = match url.split_once("://") {
         Some(("http", rest)) => (Scheme::Http, rest),
         Some(("https", rest)) => (Scheme::Https, rest),
@@ -73,14 +84,26 @@ pub fn post(url: &str, request: &netless_oip::Encoded, timeout: Duration) -> Res
         drop(stream);
         OutgoingBody::finish(body, None).map_err(|e| format!("finishing the request: {e:?}"))
     })();
-    // The host's reason (refused, denied, timed out) says more than a broken body stream.
-    future.subscribe().block();
-    let response = match future.get() {
-        Some(Ok(Ok(response))) => response,
-        Some(Ok(Err(e))) => return Err(format!("{e:?}")),
-        Some(Err(())) | None => return Err(sent.err().unwrap_or_else(|| "the response was lost".to_string())),
-    };
-    sent?;
+    Ok(Pending { future, sent })
+}
+
+impl Pending {
+    /// Waits for the answer and reads it whole.
+    pub fn answer(self) -> Result<Answer, String> {
+        let Pending { future, sent } = self;
+        // The host's reason (refused, denied, timed out) says more than a broken body stream.
+        future.subscribe().block();
+        let response = match future.get() {
+            Some(Ok(Ok(response))) => response,
+            Some(Ok(Err(e))) => return Err(format!("{e:?}")),
+            Some(Err(())) | None => return Err(sent.err().unwrap_or_else(|| "the response was lost".to_string())),
+        };
+        sent?;
+        read(response)
+    }
+}
+
+fn read(response: wasi::http::types::IncomingResponse) -> Result<Answer, String> {
     let status = response.status();
     let header_length = response
         .headers()

@@ -50,6 +50,13 @@ pub struct Tensor {
     pub consumers: Vec<NodeId>,
 }
 
+impl Node {
+    /// The integer attribute `name`, if set.
+    pub fn int_attribute(&self, name: &str) -> Option<i64> {
+        self.int_attributes.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+}
+
 impl Tensor {
     /// Size of its data in bytes.
     pub fn bytes(&self) -> u64 {
@@ -78,6 +85,10 @@ pub struct Node {
     pub outputs: Vec<TensorId>,
     /// Estimated floating-point (or integer) operations for one run.
     pub flops: u64,
+    /// Its ONNX inputs by position (`None` for an omitted optional input), for rewriting it into shards.
+    pub operands: Vec<Option<TensorId>>,
+    /// Its integer attributes (`group`, `transB`, `axis`...), by name.
+    pub int_attributes: Vec<(String, i64)>,
 }
 
 /// The analysed model.
@@ -449,7 +460,14 @@ impl<'a> Builder<'a> {
             outputs.push(tensor);
         }
         let flops = cost::flops(node, &inputs.iter().map(|&t| &self.graph.tensors[t]).collect::<Vec<_>>(), &outputs.iter().map(|&t| &self.graph.tensors[t]).collect::<Vec<_>>());
-        self.graph.nodes.push(Node { name, op_type: node.op_type.clone(), proto_index, inputs, outputs, flops });
+        let operands = node.input.iter().map(|i| if i.is_empty() { None } else { self.graph.by_name.get(i).copied() }).collect();
+        let int_attributes = node
+            .attribute
+            .iter()
+            .filter(|a| a.r#type == pb::attribute_proto::AttributeType::Int as i32)
+            .map(|a| (a.name.clone(), a.i))
+            .collect();
+        self.graph.nodes.push(Node { name, op_type: node.op_type.clone(), proto_index, inputs, outputs, flops, operands, int_attributes });
         Ok(())
     }
 }

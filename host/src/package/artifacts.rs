@@ -213,16 +213,18 @@ const PREPARE_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Composes a built plan's segments into `dir/pipeline.wasm` with the pair combinator.
 pub fn compose_pipeline(dir: &Path, plan: &Plan, composer: &[u8]) -> Result<PathBuf> {
+    plan.require_composable()?;
     validate("the composer", composer)?;
     let read = |path: PathBuf, what: String| {
         std::fs::read(&path).map_err(|e| Error::Package { what, reason: format!("{}: {e} (run `netless build` first)", path.display()) })
     };
     let runtime = read(runtime_path(dir), "the segment runtime".into())?;
     let datas = (0..plan.segments.len()).map(|i| read(data_path(dir, i), format!("segment {i}"))).collect::<Result<Vec<_>>>()?;
-    let pipeline = compose::pipeline(&runtime, composer, &datas).map_err(|e| Error::Package { what: "the pipeline".into(), reason: e.to_string() })?;
+    let stages: Vec<Vec<usize>> = plan.stages.iter().map(|s| s.segments.clone()).collect();
+    let pipeline = compose::pipeline(&runtime, composer, &datas, &stages).map_err(|e| Error::Package { what: "the pipeline".into(), reason: e.to_string() })?;
     validate("the pipeline", &pipeline)?;
     let wac = dir.join("pipeline.wac");
-    std::fs::write(&wac, wac_source(plan.segments.len())).map_err(Error::io(&wac))?;
+    std::fs::write(&wac, wac_source(&stages)).map_err(Error::io(&wac))?;
     let path = dir.join("pipeline.wasm");
     let tmp = dir.join(format!(".pipeline.wasm.partial-{}", std::process::id()));
     std::fs::write(&tmp, &pipeline).map_err(Error::io(&tmp))?;
@@ -232,23 +234,39 @@ pub fn compose_pipeline(dir: &Path, plan: &Plan, composer: &[u8]) -> Result<Path
 
 /// The same composition in the WAC language, for `wac compose` (see docs/composition.md): package
 /// `netless:segment-runtime` is `components/runtime.wasm`, `netless:pair` the composer, and
-/// `netless:segN-data` is `components/seg-NN.data.wasm`.
-pub fn wac_source(count: usize) -> String {
+/// `netless:segN-data` is `components/seg-NN.data.wasm`; `stages` lists each stage's functions.
+pub fn wac_source(stages: &[Vec<usize>]) -> String {
     let data = super::SEGMENT_DATA;
     let infer = super::INFER_SEGMENT;
     let mut wac = String::from("package netless:pipeline;\n\n");
-    for i in 0..count {
+    for i in stages.iter().flatten() {
         wac += &format!("let d{i} = new netless:seg{i}-data {{}};\n");
         wac += &format!("let s{i} = new netless:segment-runtime {{ \"{data}\": d{i}[\"{data}\"], ... }};\n");
     }
-    let mut last = "s0".to_string();
-    for i in 1..count {
-        wac += &format!(
-            "let p{i} = new netless:pair {{ \"netless:inference/first@0.1.0\": {last}[\"{infer}\"], \"netless:inference/second@0.1.0\": s{i}[\"{infer}\"], ... }};\n"
+    let mut pairs = 0;
+    let mut pair = |wac: &mut String, first: String, second: String| {
+        pairs += 1;
+        *wac += &format!(
+            "let p{pairs} = new netless:pair {{ \"netless:inference/first@0.1.0\": {first}[\"{infer}\"], \"netless:inference/second@0.1.0\": {second}[\"{infer}\"], ... }};\n"
         );
-        last = format!("p{i}");
+        format!("p{pairs}")
+    };
+    let mut last: Option<String> = None;
+    for members in stages {
+        let mut stage: Option<String> = None;
+        for i in members {
+            stage = Some(match stage {
+                None => format!("s{i}"),
+                Some(previous) => pair(&mut wac, previous, format!("s{i}")),
+            });
+        }
+        let Some(stage) = stage else { continue };
+        last = Some(match last {
+            None => stage,
+            Some(previous) => pair(&mut wac, previous, stage),
+        });
     }
-    wac += &format!("\nexport {last}[\"{infer}\"];\n");
+    wac += &format!("\nexport {}[\"{infer}\"];\n", last.unwrap_or_default());
     wac
 }
 

@@ -62,11 +62,12 @@ const FIRST: &str = "netless:inference/first@0.1.0";
 const SECOND: &str = "netless:inference/second@0.1.0";
 
 /// Links segments into one pipeline component: the runtime is defined once and instantiated once per
-/// segment with that segment's data component, and the pair combinator is folded over the stages:
-/// `pair(pair(s0, s1), s2)`... The result exports `infer-segment` for the whole model and holds one copy
-/// of the runtime's code, so it compiles in the time of one segment. The same composition with the
+/// function with that function's data component, and the pair combinator is folded over the shards of
+/// each group, then over the stages: `pair(pair(s0, pair(s1, s2)), s3)`... `stages` lists each stage's
+/// functions (indices into `datas`). The result exports `infer-segment` for the whole model and holds one
+/// copy of the runtime's code, so it compiles in the time of one segment. The same composition with the
 /// `wac` CLI is in docs/composition.md.
-pub fn pipeline(runtime: &[u8], composer: &[u8], datas: &[Vec<u8>]) -> Result<Vec<u8>, ComposeError> {
+pub fn pipeline(runtime: &[u8], composer: &[u8], datas: &[Vec<u8>], stages: &[Vec<usize>]) -> Result<Vec<u8>, ComposeError> {
     let mut graph = CompositionGraph::new();
     let runtime = Package::from_bytes("netless:segment-runtime", None, runtime, graph.types_mut())
         .map_err(step("reading the runtime component"))?;
@@ -74,7 +75,7 @@ pub fn pipeline(runtime: &[u8], composer: &[u8], datas: &[Vec<u8>]) -> Result<Ve
     let composer = Package::from_bytes("netless:pair", None, composer, graph.types_mut())
         .map_err(step("reading the composer component"))?;
     let composer = graph.register_package(composer).map_err(step("registering the composer"))?;
-    let mut current = None;
+    let mut functions = Vec::with_capacity(datas.len());
     for (index, data) in datas.iter().enumerate() {
         let package = Package::from_bytes(&format!("netless:seg{index}-data"), None, data.clone(), graph.types_mut())
             .map_err(step("reading a data component"))?;
@@ -83,15 +84,28 @@ pub fn pipeline(runtime: &[u8], composer: &[u8], datas: &[Vec<u8>]) -> Result<Ve
         let blob = graph.alias_instance_export(data, SEGMENT_DATA).map_err(step("finding a data component's export"))?;
         let stage = graph.instantiate(runtime);
         graph.set_instantiation_argument(stage, SEGMENT_DATA, blob).map_err(step("linking segment-data into a runtime"))?;
-        let infer = graph.alias_instance_export(stage, INFER_SEGMENT).map_err(step("finding a runtime's export"))?;
+        functions.push(graph.alias_instance_export(stage, INFER_SEGMENT).map_err(step("finding a runtime's export"))?);
+    }
+    let pair = |graph: &mut CompositionGraph, first, second| -> Result<_, ComposeError> {
+        let pair = graph.instantiate(composer);
+        graph.set_instantiation_argument(pair, FIRST, first).map_err(step("linking the first stage"))?;
+        graph.set_instantiation_argument(pair, SECOND, second).map_err(step("linking the second stage"))?;
+        graph.alias_instance_export(pair, INFER_SEGMENT).map_err(step("finding the composer's export"))
+    };
+    let mut current = None;
+    for members in stages {
+        let mut stage = None;
+        for &i in members {
+            let function = *functions.get(i).ok_or_else(|| ComposeError { step: "composing", message: format!("no function {i}") })?;
+            stage = Some(match stage {
+                None => function,
+                Some(previous) => pair(&mut graph, previous, function)?,
+            });
+        }
+        let Some(stage) = stage else { continue };
         current = Some(match current {
-            None => infer,
-            Some(previous) => {
-                let pair = graph.instantiate(composer);
-                graph.set_instantiation_argument(pair, FIRST, previous).map_err(step("linking the first stage"))?;
-                graph.set_instantiation_argument(pair, SECOND, infer).map_err(step("linking the second stage"))?;
-                graph.alias_instance_export(pair, INFER_SEGMENT).map_err(step("finding the composer's export"))?
-            }
+            None => stage,
+            Some(previous) => pair(&mut graph, previous, stage)?,
         });
     }
     let last = current.ok_or_else(|| ComposeError { step: "composing", message: "no segments".into() })?;

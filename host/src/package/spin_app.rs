@@ -63,7 +63,11 @@ pub fn pipeline_spec(plan: &Plan) -> Result<PipelineSpec> {
         stages: plan
             .segments
             .iter()
-            .map(|s| StageSpec { model: segment_name(&model, s.index), inputs: s.inputs.iter().map(|t| t.name.clone()).collect() })
+            .map(|s| StageSpec {
+                model: segment_name(&model, s.index),
+                inputs: s.inputs.iter().map(|t| t.name.clone()).collect(),
+                group: s.shard.as_ref().map(|r| r.stage),
+            })
             .collect(),
         model,
     })
@@ -97,7 +101,11 @@ pub fn manifest(plan: &Plan, options: &SpinOptions) -> Result<Manifest> {
         variables.insert(name.clone(), variable(&format!("where segment {} is served: base URLs, comma-separated replicas", seg.index), service_chaining_url(seg.index)));
         gateway_variables.insert(name.clone(), format!("{{{{ {name} }}}}"));
         triggers.push(HttpTrigger { route: Route::Private { private: true }, component: id.clone() });
-        let description = format!("segment {} of {} ({} to {}), OIP model {}", seg.index, plan.segments.len(), seg.first_node, seg.last_node, segment_name(&model_name(&plan.model.name), seg.index));
+        let oip_model = segment_name(&model_name(&plan.model.name), seg.index);
+        let description = match seg.shard {
+            Some(_) => format!("{} of {}, OIP model {oip_model}", seg.describe(plan), plan.model.name),
+            None => format!("segment {} of {} ({} to {}), OIP model {oip_model}", seg.index, plan.segments.len(), seg.first_node, seg.last_node),
+        };
         components.insert(id.clone(), Component { description: Some(description), source: source(&id), allowed_outbound_hosts: Vec::new(), variables: BTreeMap::new(), environment: BTreeMap::new(), build: build() });
     }
     components.insert(

@@ -5,11 +5,18 @@
 //! with `k` segments that each fit the memory limit; the answer is `dp[K][n]` for a given `K`, or the best
 //! over all `k` otherwise. The objective is either end-to-end latency (all compute plus every hop) or
 //! throughput (the slowest stage, ties broken by latency).
+//!
+//! A node that does not fit the limit alone and can be cut ([`super::shard`]) becomes a group stage of its
+//! own: the run `[p, p + 1)` whose cost is its largest shard's. No segment may contain it, and the stage
+//! after it also receives the shards' partial outputs and joins them.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::memory::{CostModel, MemoryModel};
 use super::order::Liveness;
+use super::shard::{self, Join, ShardPlan};
 use crate::onnx::Graph;
 use crate::{Error, Result};
 
@@ -51,8 +58,10 @@ pub struct SegmentCost {
     pub peak_activation_bytes: u64,
     /// Bytes of the tensors entering and leaving it.
     pub io_bytes: u64,
-    /// Estimated peak memory.
+    /// Estimated peak memory (of its largest shard for a group).
     pub memory: u64,
+    /// For a group stage, the node's shards.
+    pub group: Option<Arc<ShardPlan>>,
 }
 
 /// Evaluates candidate segments of one order.
@@ -61,12 +70,70 @@ pub struct Evaluator<'a> {
     live: &'a Liveness,
     memory: &'a MemoryModel,
     cost: &'a CostModel,
+    /// The group stage at each position, for nodes cut into shards.
+    groups: Vec<Option<SegmentCost>>,
+    /// Bytes a stage starting at each cut receives besides the crossing tensors (the partial sums of a
+    /// group just before), and bytes its joins add to its peak.
+    join_io: Vec<u64>,
+    join_peak: Vec<u64>,
 }
 
 impl<'a> Evaluator<'a> {
     /// An evaluator over `live`'s order.
     pub fn new(graph: &'a Graph, live: &'a Liveness, memory: &'a MemoryModel, cost: &'a CostModel) -> Self {
-        Evaluator { graph, live, memory, cost }
+        let n = live.order.len();
+        Evaluator { graph, live, memory, cost, groups: vec![None; n], join_io: vec![0; n + 1], join_peak: vec![0; n + 1] }
+    }
+
+    /// An evaluator for `limit`: every node that alone exceeds it and can be cut becomes a group stage of
+    /// the fewest shards that fit. `Err(position)` names a node over the limit that cannot be cut to fit.
+    pub fn sharded(graph: &'a Graph, live: &'a Liveness, memory: &'a MemoryModel, cost: &'a CostModel, limit: u64) -> Result<Self, usize> {
+        let mut ev = Evaluator::new(graph, live, memory, cost);
+        for p in 0..ev.len() {
+            let whole = ev.segment(p, p + 1);
+            if whole.memory <= limit {
+                continue;
+            }
+            let node = live.order[p];
+            let plan = shard::shard(graph, node, memory, limit, whole.memory).ok_or(p)?;
+            let output = graph.tensors[plan.layout.output].bytes();
+            if plan.layout.join == Join::Sum {
+                ev.join_io[p + 1] = output * (plan.shards.len() as u64 - 1);
+            }
+            ev.join_peak[p + 1] = output;
+            let flops = plan.shards.iter().map(|s| s.flops).max().unwrap_or(0);
+            let largest = plan.shards.iter().max_by_key(|s| s.memory).expect("a group has shards");
+            ev.groups[p] = Some(SegmentCost {
+                start: p,
+                end: p + 1,
+                flops,
+                weight_bytes: largest.weight_bytes,
+                peak_activation_bytes: largest.peak_activation_bytes,
+                io_bytes: largest.io_bytes,
+                memory: plan.memory(),
+                group: Some(plan),
+            });
+        }
+        Ok(ev)
+    }
+
+    /// The group stage at position `p`, if its node is cut into shards.
+    pub fn group(&self, p: usize) -> Option<&SegmentCost> {
+        self.groups.get(p).and_then(Option::as_ref)
+    }
+
+    /// The liveness this evaluator reads.
+    pub fn liveness(&self) -> &Liveness {
+        self.live
+    }
+
+    /// The stage that joins the partial outputs of a group at the end of the order (whose outputs are
+    /// model outputs): a segment of no nodes of the model.
+    pub fn join_stage(&self) -> SegmentCost {
+        let n = self.len();
+        let (peak, io) = (self.live.crossing_bytes[n] + self.join_peak[n], 2 * self.live.crossing_bytes[n] + self.join_io[n]);
+        let memory = self.memory.estimate(0, peak, io);
+        SegmentCost { start: n, end: n, flops: 0, weight_bytes: 0, peak_activation_bytes: peak, io_bytes: io, memory, group: None }
     }
 
     /// Number of positions in the order.
@@ -81,6 +148,9 @@ impl<'a> Evaluator<'a> {
 
     /// The facts of `[start, end)`, computed directly.
     pub fn segment(&self, start: usize, end: usize) -> SegmentCost {
+        if let Some(group) = self.group(start).filter(|g| g.end == end) {
+            return group.clone();
+        }
         let mut weights: Vec<usize> = self.live.weights[start..end].iter().flatten().copied().collect();
         weights.sort_unstable();
         weights.dedup();
@@ -91,17 +161,24 @@ impl<'a> Evaluator<'a> {
     }
 
     fn finish(&self, start: usize, end: usize, flops: u64, weight_bytes: u64, peak: u64) -> SegmentCost {
-        let io_bytes = self.live.crossing_bytes[start] + self.live.crossing_bytes[end];
+        let io_bytes = self.live.crossing_bytes[start] + self.join_io[start] + self.live.crossing_bytes[end];
+        let peak = peak + self.join_peak[start];
         let memory = self.memory.estimate(weight_bytes, peak, io_bytes);
-        SegmentCost { start, end, flops, weight_bytes, peak_activation_bytes: peak, io_bytes, memory }
+        SegmentCost { start, end, flops, weight_bytes, peak_activation_bytes: peak, io_bytes, memory, group: None }
     }
 
     /// Every segment starting at `start`, by increasing end, until its weights alone exceed `limit`.
     fn extensions(&self, start: usize, limit: u64, stamp: &mut [usize]) -> Vec<SegmentCost> {
+        if let Some(group) = self.group(start) {
+            return vec![group.clone()];
+        }
         let mut out = Vec::new();
         let (mut flops, mut weight_bytes, mut peak) = (0, 0, 0);
         for end in start + 1..=self.len() {
             let pos = end - 1;
+            if self.group(pos).is_some() {
+                break;
+            }
             for &w in &self.live.weights[pos] {
                 if stamp[w] != start {
                     stamp[w] = start;
@@ -120,13 +197,13 @@ impl<'a> Evaluator<'a> {
 
     /// Seconds this segment adds to one request's latency: its compute and the hop after it.
     pub fn latency_share(&self, s: &SegmentCost) -> f64 {
-        let hop = if s.end < self.len() { self.cost.hop(self.live.crossing_bytes[s.end]) } else { 0.0 };
+        let hop = if s.end < self.len() { self.cost.hop(self.live.crossing_bytes[s.end] + self.join_io[s.end]) } else { 0.0 };
         self.cost.compute(s.flops) + hop
     }
 
     /// Seconds one request occupies this stage: receiving its inputs over a hop, then computing.
     pub fn stage_seconds(&self, s: &SegmentCost) -> f64 {
-        let hop = if s.start > 0 { self.cost.hop(self.live.crossing_bytes[s.start]) } else { 0.0 };
+        let hop = if s.start > 0 { self.cost.hop(self.live.crossing_bytes[s.start] + self.join_io[s.start]) } else { 0.0 };
         self.cost.compute(s.flops) + hop
     }
 

@@ -3,7 +3,8 @@
 //! The whole pipeline is model `{m}` and each segment is also model `{m}-seg-{i}`. Each segment
 //! runs as a serverless [`Function`]: instances on demand, pooled, reclaimed when idle, a bounded
 //! queue. A request walks the stages and holds one stage's instance at a time, so concurrent
-//! requests are pipelined: stage 2 works on one while stage 1 works on the next.
+//! requests are pipelined: stage 2 works on one while stage 1 works on the next. The shards of a
+//! group stage are functions of their own, called concurrently.
 
 mod error;
 mod function;
@@ -226,32 +227,31 @@ impl Service {
         let wanted = requested_outputs(model, &request)?;
         let mut env = check_inputs(model, request.inputs)?;
         let stages = model.stages.clone();
-        let mut slots = Vec::new();
+        let mut slots: HashMap<usize, function::Slot> = HashMap::new();
         if !self.options.pipelining {
             for index in stages.clone() {
                 if let Stage::Local(function) = &self.stages[index] {
-                    slots.push(Some(function.reserve(deadline).await?));
-                } else {
-                    slots.push(None);
+                    slots.insert(index, function.reserve(deadline).await?);
                 }
             }
         }
-        let mut slots = slots.into_iter();
-        for index in stages {
-            let inputs = self.plan.segments[index].inputs.iter().filter_map(|s| env.get(&s.name).cloned()).collect();
-            let outputs = match &self.stages[index] {
-                Stage::Local(function) => {
-                    let slot = match slots.next().flatten() {
-                        Some(slot) => slot,
-                        None => function.reserve(deadline).await?,
-                    };
-                    function.call(slot, inputs, deadline).await?
-                }
-                Stage::Remote(remote) => remote.call(id, inputs, deadline).await?,
-                Stage::Absent => return Err(ServeError::Internal(format!("segment {index} is not served here"))),
-            };
-            tracing::debug!(segment = index, "stage done");
-            env.extend(outputs.into_iter().map(|t| (t.name.clone(), t)));
+        let groups: Vec<Vec<usize>> = self
+            .plan
+            .stages
+            .iter()
+            .map(|s| s.segments.iter().copied().filter(|i| stages.contains(i)).collect::<Vec<_>>())
+            .filter(|g| !g.is_empty())
+            .collect();
+        for group in groups {
+            let calls = group.iter().map(|&index| {
+                let inputs = self.plan.segments[index].inputs.iter().filter_map(|s| env.get(&s.name).cloned()).collect();
+                self.call_stage(index, id, inputs, slots.remove(&index), deadline)
+            });
+            let results = futures_util::future::join_all(calls).await;
+            for outputs in results {
+                env.extend(outputs?.into_iter().map(|t| (t.name.clone(), t)));
+            }
+            tracing::debug!(segments = ?group, "stage done");
         }
         wanted
             .into_iter()
@@ -260,6 +260,23 @@ impl Service {
                 Ok((tensor, binary))
             })
             .collect()
+    }
+}
+
+impl Service {
+    /// Calls function `index` (a segment or a shard) with `inputs`, on a reserved slot if given.
+    async fn call_stage(&self, index: usize, id: &str, inputs: Vec<Tensor>, slot: Option<function::Slot>, deadline: Instant) -> Result<Vec<Tensor>, ServeError> {
+        match &self.stages[index] {
+            Stage::Local(function) => {
+                let slot = match slot {
+                    Some(slot) => slot,
+                    None => function.reserve(deadline).await?,
+                };
+                function.call(slot, inputs, deadline).await
+            }
+            Stage::Remote(remote) => remote.call(id, inputs, deadline).await,
+            Stage::Absent => Err(ServeError::Internal(format!("segment {index} is not served here"))),
+        }
     }
 }
 

@@ -1,17 +1,23 @@
-//! Writing segments: each one a standalone ONNX model (its nodes, only the weights it reads, typed inputs
-//! and outputs, the source's operator sets), and the output folder written all at once or not at all.
+//! Writing segments and shards: each one a standalone ONNX model (its nodes, only the weights it reads,
+//! typed inputs and outputs, the source's operator sets, the joins of the partial outputs it receives),
+//! and the output folder written all at once or not at all.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 use tract_onnx::pb::{
-    self, GraphProto, ModelProto, StringStringEntryProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    self, GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 use crate::onnx::{Graph, OnnxModel, TensorKind};
-use crate::plan::{Liveness, SegmentCost, file::TensorSpec};
+use crate::plan::Planned;
+use crate::plan::dag::{Body, Unit};
+use crate::plan::file::{JoinSpec, TensorSpec};
+use crate::plan::shard::Join;
 use crate::{Error, Result, progress};
+
+mod shard;
 
 /// Metadata keys carried by every segment model, read by the segment runtime.
 pub mod keys {
@@ -25,38 +31,39 @@ pub mod keys {
     pub const SOURCE_SHA256: &str = "netless.source.sha256";
 }
 
-/// The ONNX model of segment `index` of `count`, covering `seg` of the order in `live`.
-pub fn segment_model(
-    model: &OnnxModel,
-    graph: &Graph,
-    live: &Liveness,
-    seg: &SegmentCost,
-    index: usize,
-    count: usize,
-) -> ModelProto {
+/// The ONNX model of function `index` of `count` (a segment or a shard), with the joins it runs first.
+pub fn unit_model(model: &OnnxModel, graph: &Graph, planned: &Planned, unit: &Unit, index: usize, count: usize) -> Result<ModelProto> {
     let source = model.graph();
-    let positions = seg.start..seg.end;
-    let nodes: Vec<usize> = live.order[positions.clone()].to_vec();
-    let weights: BTreeSet<usize> = nodes.iter().flat_map(|&n| graph.nodes[n].inputs.iter().copied()).filter(|&t| graph.tensors[t].is_weight()).collect();
-    let mut node_protos = Vec::new();
+    let mut node_protos: Vec<NodeProto> = unit.joins.iter().map(join_node).collect();
     let mut initializers = Vec::new();
-    for &w in &weights {
-        match graph.tensors[w].kind {
-            TensorKind::Initializer(i) => initializers.push(source.initializer[i].clone()),
-            TensorKind::Constant(i) => node_protos.push(source.node[i].clone()),
-            TensorKind::Folded(i) => initializers.push(folded_initializer(graph, w, &graph.folded[i])),
-            _ => unreachable!("weights are initializers or constants"),
+    match &unit.body {
+        Body::Segment { .. } => {
+            let nodes = unit.nodes(planned);
+            let weights: BTreeSet<usize> =
+                nodes.iter().flat_map(|&n| graph.nodes[n].inputs.iter().copied()).filter(|&t| graph.tensors[t].is_weight()).collect();
+            for &w in &weights {
+                match graph.tensors[w].kind {
+                    TensorKind::Initializer(i) => initializers.push(source.initializer[i].clone()),
+                    TensorKind::Constant(i) => node_protos.push(source.node[i].clone()),
+                    TensorKind::Folded(i) => initializers.push(folded_initializer(graph, w, &graph.folded[i])),
+                    _ => unreachable!("weights are initializers or constants"),
+                }
+            }
+            node_protos.extend(nodes.iter().map(|&n| source.node[graph.nodes[n].proto_index].clone()));
+        }
+        Body::Shard { plan, index } => {
+            let (nodes, weights) = shard::shard_graph(model, graph, plan, *index)?;
+            node_protos.extend(nodes);
+            initializers.extend(weights);
         }
     }
-    node_protos.extend(nodes.iter().map(|&n| source.node[graph.nodes[n].proto_index].clone()));
-    let spec = |t: &usize| value_info(&tensor_spec(graph, *t));
     let metadata = [
         (keys::MODEL, model.name()),
         (keys::INDEX, index.to_string()),
         (keys::COUNT, count.to_string()),
         (keys::SOURCE_SHA256, model.sha256.clone()),
     ];
-    ModelProto {
+    Ok(ModelProto {
         ir_version: model.proto.ir_version.max(4),
         opset_import: model.proto.opset_import.clone(),
         producer_name: "netless".into(),
@@ -70,16 +77,32 @@ pub fn segment_model(
             name: format!("{}-seg-{index}", model.name()),
             node: node_protos,
             initializer: initializers,
-            input: live.crossing[seg.start].iter().map(spec).collect(),
-            output: live.crossing[seg.end].iter().map(spec).collect(),
+            input: unit.inputs.iter().map(value_info).collect(),
+            output: unit.outputs.iter().map(value_info).collect(),
             ..Default::default()
         }),
+        ..Default::default()
+    })
+}
+
+/// The node making a joined tensor from its partials: `Concat` on the axis, or `Sum`.
+fn join_node(join: &JoinSpec) -> NodeProto {
+    let (op_type, attribute) = match join.join {
+        Join::Concat { axis } => ("Concat", vec![shard::int_attribute("axis", axis)]),
+        Join::Sum => ("Sum", vec![]),
+    };
+    NodeProto {
+        name: format!("netless.join.{}", join.tensor),
+        op_type: op_type.into(),
+        input: join.partials.clone(),
+        output: vec![join.tensor.clone()],
+        attribute,
         ..Default::default()
     }
 }
 
 /// An initializer holding a folded value, in the tensor's declared element type.
-fn folded_initializer(graph: &Graph, t: usize, value: &tract_onnx::prelude::Tensor) -> pb::TensorProto {
+pub(crate) fn folded_initializer(graph: &Graph, t: usize, value: &tract_onnx::prelude::Tensor) -> pb::TensorProto {
     let tensor = &graph.tensors[t];
     let dt = tensor.dtype.to_tract().expect("folded tensors have tract types");
     let cast = value.cast_to_dt(dt).expect("folded values cast to their declared type");
