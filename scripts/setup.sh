@@ -6,3 +6,6 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 python3 scripts/fetch_models.py models
+# the models whose largest nodes must be cut into shards (random weights, reduced width; seconds to write)
+[ -f models/vgg16_w8_fc2.onnx ] && [ -f models/gpt_tied.onnx ] ||
+    python3 scripts/make_sharding_models.py models --vgg-width-divisor 8 --vgg-fc-divisor 2 --gpt-width 128

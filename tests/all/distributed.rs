@@ -14,13 +14,13 @@ use netless::serve::{Handle, ServeOptions, Service};
 use crate::serve::{assert_matches, binary_request, built, options, outputs, post, reference};
 
 /// A `netless up --only-segments` process on a fixed loopback port.
-struct Worker {
+pub struct Worker {
     process: KillOnDrop,
-    url: String,
+    pub url: String,
 }
 
 impl Worker {
-    fn start(dir: &Path, segments: &str, port: u16) -> Worker {
+    pub fn start(dir: &Path, segments: &str, port: u16) -> Worker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_netless"))
             .arg("up")
             .arg(dir)
@@ -35,18 +35,18 @@ impl Worker {
         Worker { process: KillOnDrop(child), url: format!("http://127.0.0.1:{port}") }
     }
 
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         self.process.kill();
     }
 }
 
 /// A gateway to `replicas`, in this process, on a free loopback port.
-fn start_gateway(dir: &Path, replicas: Vec<Vec<String>>, hop_timeout: Duration, deadline: Duration) -> Handle {
+pub fn start_gateway(dir: &Path, replicas: Vec<Vec<String>>, hop_timeout: Duration, deadline: Duration) -> Handle {
     let service = Service::gateway(dir, replicas, hop_timeout, ServeOptions { deadline, ..options() }).expect("gateway loads");
     Handle::start(service, "127.0.0.1:0".parse().unwrap()).expect("gateway starts")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

@@ -14,6 +14,7 @@ mod pipeline;
 mod push;
 mod runtime;
 mod serve;
+mod sharding;
 mod spin;
 mod split_models;
 mod wac_text;

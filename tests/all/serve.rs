@@ -117,7 +117,7 @@ fn json_request(tensors: &[Tensor]) -> Vec<u8> {
 pub fn binary_request(tensors: &[Tensor], id: &str) -> (Vec<u8>, usize) {
     let inputs: Vec<Value> = tensors
         .iter()
-        .map(|t| json!({ "name": t.name, "shape": t.shape, "datatype": "FP32", "parameters": { "binary_data_size": t.data.len() } }))
+        .map(|t| json!({ "name": t.name, "shape": t.shape, "datatype": netless_oip::datatype(t.dtype), "parameters": { "binary_data_size": t.data.len() } }))
         .collect();
     let mut body = serde_json::to_vec(&json!({ "id": id, "inputs": inputs, "parameters": { "binary_data_output": true } })).unwrap();
     let header = body.len();

@@ -242,3 +242,38 @@ def test_real_spin_runs_the_image_netless_pushed(app, registry, tmp_path):
         assert status(f"{spin.url}/v2/models/{NAME}/ready") == 404
     finally:
         spin.stop()
+
+
+def test_real_spin_fans_out_to_the_shards_of_a_node_bigger_than_the_limit(tmp_path):
+    """A MatMul whose weights (4 MiB) exceed what one function may hold under 16 MiB runs as parallel
+    shards: the gateway calls them concurrently over service chaining and joins their columns; the
+    answer equals onnxruntime on the unsplit model."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    need(SPIN, "the real Spin CLI from ../shared/tools")
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((64, 1 << 14)) * 0.1).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["a"], name="wide"), helper.make_node("Relu", ["a"], ["y"], name="relu")],
+        "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1 << 14])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp_path / "wide.onnx")
+    out = tmp_path / "split"
+    subprocess.run([NETLESS, "split", str(tmp_path / "wide.onnx"), "--max-memory", "16MiB", "-o", str(out)], check=True, capture_output=True)
+    plan = json.loads((out / "plan.json").read_text())
+    groups = [s for s in plan["stages"] if "group" in s]
+    assert len(groups) == 1 and len(groups[0]["segments"]) >= 2, plan["stages"]
+    subprocess.run([NETLESS, "build", str(out), "--spin"], check=True, capture_output=True)
+    x = rng.uniform(-1, 1, (1, 64)).astype(np.float32)
+    want = ort.InferenceSession(str(tmp_path / "wide.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    spin = Spin(out / "spin.toml")
+    try:
+        tensor = httpclient.InferInput("x", [1, 64], "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        got = spin.client.infer("wide", [tensor]).as_numpy("y")
+        assert got.shape == want.shape and close(got, want), (got, want)
+    finally:
+        spin.stop()
