@@ -118,10 +118,19 @@ pub struct TensorSpec {
     pub shape: Vec<u64>,
 }
 
+/// The largest tensor a plan may declare, in bytes (256 TiB: beyond any function's memory), so that sums
+/// of tensor sizes cannot overflow.
+pub const MAX_TENSOR_BYTES: u64 = 1 << 48;
+
 impl TensorSpec {
-    /// Size of its data in bytes.
+    /// Size of its data in bytes (saturating; [`Plan::load`] refuses tensors over [`MAX_TENSOR_BYTES`]).
     pub fn bytes(&self) -> u64 {
-        self.shape.iter().product::<u64>() * self.dtype.size()
+        self.checked_bytes().unwrap_or(u64::MAX)
+    }
+
+    /// Size of its data in bytes, or `None` if that does not fit in 64 bits.
+    pub fn checked_bytes(&self) -> Option<u64> {
+        self.shape.iter().try_fold(self.dtype.size(), |bytes, &d| bytes.checked_mul(d))
     }
 }
 
@@ -260,6 +269,10 @@ impl Plan {
             if seg.file.contains("..") || Path::new(&seg.file).is_absolute() {
                 return Err(bad(format!("segment {i}: file `{}` is outside the plan's folder", seg.file)));
             }
+        }
+        let specs = plan.model.inputs.iter().chain(&plan.model.outputs).chain(plan.segments.iter().flat_map(|s| s.inputs.iter().chain(&s.outputs)));
+        if let Some(huge) = specs.into_iter().find(|t| t.checked_bytes().is_none_or(|b| b > MAX_TENSOR_BYTES)) {
+            return Err(bad(format!("tensor `{}` has shape {:?}: larger than any function could hold", huge.name, huge.shape)));
         }
         if plan.version == 1 {
             plan.stages = (0..plan.segments.len()).map(|i| Stage { index: i, segments: vec![i], group: None }).collect();
