@@ -6,8 +6,8 @@ use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::prelude::{InferenceModel, TypedFact};
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::prelude::{
-    Arc, DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TValue,
-    TVec, Tensor as TractTensor, TypedRunnableModel,
+    Arc, DatumType, Framework, InferenceFact, IntoRunnable, IntoTValue, TValue, TVec,
+    Tensor as TractTensor, TypedRunnableModel,
 };
 use tract_onnx::tract_core::plan::eval;
 
@@ -88,8 +88,7 @@ impl Prepared {
                 model.set_input_fact(slot, fact).map_err(unsupported)?;
             }
         }
-        let plan = model
-            .into_optimized()
+        let plan = crate::optimize::optimize(model)
             .map_err(unsupported)?
             .into_runnable()
             .map_err(unsupported)?;

@@ -1,0 +1,243 @@
+//! tract's optimisation, run so that no weight exists twice and the heap does not fragment.
+//!
+//! A wasm memory never shrinks, so the high-water mark of preparing the model is the instance's size
+//! for its whole life. tract's passes replace a weight by a new constant (transposed, packed for the
+//! matmul kernel) made while the old one is still held, and drop the old one only when the model is
+//! next compacted, after a whole sweep of the pass. Two things here keep the mark near the weights:
+//! - [`FoldInPlace`] folds a large weight's chain of single-input consumers (the kernel's reshapes and
+//!   its packing) by copying the weight aside, freeing it, then computing the new constant, which the
+//!   allocator places in the hole the weight left: the weights end up where they were read, and only
+//!   one copy of one weight is ever extra;
+//! - every other pass stops its sweep after a patch that makes a large constant, so tract compacts
+//!   the model, freeing the constant it replaced, before the next one is made.
+//!
+//! The passes and their order are otherwise tract's own.
+
+use tract_onnx::prelude::{
+    Arc, InferenceModel, InferenceModelExt, IntoArcTensor, IntoTValue, OutletId, TValue, TVec,
+    Tensor, TractResult, TypedModel, tvec,
+};
+use tract_onnx::tract_core::internal::format_err;
+use tract_onnx::tract_core::model::TypedModelPatch;
+use tract_onnx::tract_core::ops::change_axes::{AxisOp, IntoShape};
+use tract_onnx::tract_core::ops::dummy::Dummy;
+use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::matmul::pack::OptMatMulPack;
+use tract_onnx::tract_core::optim::{Optimizer, OptimizerSession, TypedPass};
+
+/// Constants at least this large end a sweep, so the one they replace is freed at once.
+const LARGE_CONST_BYTES: usize = 64 << 10;
+
+/// Types, declutters and optimises `model` as `into_optimized` does, one copy of each weight at a time.
+pub fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
+    let mut model = model.into_typed()?;
+    frugal(Optimizer::declutter()).optimize(&mut model)?;
+    model.optimize_with_session(&mut frugal(Optimizer::codegen()).session())?;
+    Ok(model)
+}
+
+fn frugal(optimizer: Optimizer) -> Optimizer {
+    let wrapped = optimizer.passes.into_iter().map(|pass| {
+        Box::new(StopAfterLargeConst {
+            pass,
+            stopped: false,
+        }) as Box<dyn TypedPass>
+    });
+    Optimizer {
+        passes: std::iter::once(Box::new(FoldInPlace) as Box<dyn TypedPass>)
+            .chain(wrapped)
+            .collect(),
+        steps: optimizer.steps,
+    }
+}
+
+/// Folds, for every large weight, the chain of single-input ops that consumes only it.
+#[derive(Clone, Debug)]
+struct FoldInPlace;
+
+impl TypedPass for FoldInPlace {
+    fn reset(&mut self) -> TractResult<()> {
+        Ok(())
+    }
+
+    fn next(
+        &mut self,
+        _session: &mut OptimizerSession,
+        _model: &TypedModel,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        Ok(None)
+    }
+
+    fn run_direct(&mut self, model: &mut TypedModel) -> TractResult<bool> {
+        let mut changed = false;
+        let mut several = None;
+        loop {
+            let mut pending = Vec::new();
+            for id in 0..model.nodes.len() {
+                if let Some(chain) = foldable_chain(model, id)? {
+                    pending.push((id, chain));
+                }
+            }
+            let Some((id, chain)) = pending.first() else {
+                return Ok(changed);
+            };
+            let several = *several.get_or_insert(pending.len() > 1);
+            fold(model, *id, chain, several)?;
+            model.compact()?;
+            changed = true;
+        }
+    }
+}
+
+/// The nodes after constant `id` that can be computed from it alone, in order, if it is a large
+/// weight that nothing else reads: its reshapes and transpositions and the packing of the kernel,
+/// none making more bytes than the weight (a packed kernel excepted).
+fn foldable_chain(model: &TypedModel, id: usize) -> TractResult<Option<Vec<usize>>> {
+    let node = &model.nodes[id];
+    let Some(weight) = node.op_as::<Const>().map(Const::val) else {
+        return Ok(None);
+    };
+    if weight.is_exotic()
+        || bytes(weight) < LARGE_CONST_BYTES
+        || model.outputs.iter().any(|o| o.node == id)
+    {
+        return Ok(None);
+    }
+    let mut chain = Vec::new();
+    let mut at = id;
+    while let Some(next) = model.single_succ(at)? {
+        let fact = model.outlet_fact(OutletId::new(next.id, 0))?;
+        let grows = fact
+            .mem_size()
+            .to_i64()
+            .map_or(true, |m| m as usize > bytes(weight));
+        if next.inputs.len() != 1
+            || next.outputs.len() != 1
+            || !(next.op_is::<AxisOp>()
+                || next.op_is::<IntoShape>()
+                || next.op_is::<OptMatMulPack>())
+            || (grows && !fact.is_exotic())
+            || model.outputs.iter().any(|o| o.node == at)
+        {
+            break;
+        }
+        chain.push(next.id);
+        at = next.id;
+    }
+    Ok((!chain.is_empty()).then_some(chain))
+}
+
+/// Replaces constant `id` and `chain` by the chain's value. When the new constant is about the
+/// weight's size (within 1/64: a packed kernel's alignment) and `several` weights were to fold, the
+/// last step runs after the weight is freed (from a copy when nothing before it made one), so the
+/// allocator puts the new constant where the weight was, borrowing the few bytes it lacks from the
+/// hole the previous weight left; the next weight then does the same. Otherwise (a lone weight, or a
+/// new constant much larger than the weight) the weight is freed after, which costs one copy less.
+fn fold(model: &mut TypedModel, id: usize, chain: &[usize], several: bool) -> TractResult<()> {
+    let eval = |model: &TypedModel, node: usize, value: TVec<TValue>| {
+        model.nodes[node]
+            .op
+            .eval_out_of_plan(value)?
+            .ok_or_else(|| {
+                format_err!(
+                    "`{}` cannot be computed ahead of time",
+                    model.nodes[node].name
+                )
+            })
+    };
+    let (&last, before) = chain.split_last().expect("a chain has a node");
+    let weight = model.nodes[id]
+        .op_as::<Const>()
+        .expect("a constant")
+        .val()
+        .clone();
+    let fits = several
+        && model
+            .outlet_fact(OutletId::new(last, 0))?
+            .mem_size()
+            .to_i64()
+            .is_ok_and(|m| m as usize <= bytes(&weight) + bytes(&weight) / 64);
+    let mut value = tvec![TValue::from_const(weight.clone())];
+    for &node in before {
+        value = eval(model, node, value)?;
+    }
+    let mut value = if fits {
+        if value[0]
+            .as_arc_tensor()
+            .is_some_and(|t| Arc::ptr_eq(t, &weight))
+        {
+            value = tvec![weight.as_ref().clone().into_tvalue()];
+        }
+        drop(weight);
+        release(model, id);
+        eval(model, last, value)?
+    } else {
+        let value = eval(model, last, value)?;
+        drop(weight);
+        release(model, id);
+        value
+    };
+    let exotic = model
+        .outlet_fact(OutletId::new(last, 0))?
+        .exotic_fact
+        .clone();
+    let mut patch = TypedModelPatch::default();
+    let value: Arc<Tensor> = value.remove(0).into_arc_tensor();
+    let wire = patch.wire_node(
+        &model.nodes[last].name,
+        Const::new_with_opt_exotic_fact(value, exotic)?,
+        &[],
+    )?[0];
+    patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
+    patch.apply(model)
+}
+
+/// Drops the model's hold on constant `id`'s value; the node is left for compaction to remove.
+fn release(model: &mut TypedModel, id: usize) {
+    let node = &mut model.nodes[id];
+    node.op = Box::new(Dummy);
+    node.outputs[0].fact.konst = None;
+    node.outputs[0].fact.uniform = None;
+}
+
+fn bytes(t: &Tensor) -> usize {
+    t.len() * t.datum_type().size_of()
+}
+
+/// A pass whose sweep ends after its first patch that makes a large constant.
+#[derive(Clone, Debug)]
+struct StopAfterLargeConst {
+    pass: Box<dyn TypedPass>,
+    stopped: bool,
+}
+
+impl TypedPass for StopAfterLargeConst {
+    fn reset(&mut self) -> TractResult<()> {
+        self.stopped = false;
+        self.pass.reset()
+    }
+
+    fn next(
+        &mut self,
+        session: &mut OptimizerSession,
+        model: &TypedModel,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        if self.stopped {
+            return Ok(None);
+        }
+        let patch = self.pass.next(session, model)?;
+        self.stopped = patch.as_ref().is_some_and(makes_large_const);
+        Ok(patch)
+    }
+
+    fn run_direct(&mut self, model: &mut TypedModel) -> TractResult<bool> {
+        self.pass.run_direct(model)
+    }
+}
+
+fn makes_large_const(patch: &TypedModelPatch) -> bool {
+    patch.model.nodes.iter().any(|node| {
+        node.op_as::<Const>()
+            .is_some_and(|c| c.val().is_exotic() || bytes(c.val()) >= LARGE_CONST_BYTES)
+    })
+}
