@@ -1,5 +1,6 @@
 //! Calibrating the memory model: split models, run every segment in the wasm runtime, record its peak
-//! linear memory, and fit the [`MemoryModel`] factors so the estimate covers every measurement.
+//! linear memory, and fit the [`MemoryModel`] factors so the estimate covers every measurement as
+//! tightly as one set of factors can.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +21,8 @@ pub struct Sample {
     pub label: String,
     /// Weight bytes of the segment.
     pub weights: u64,
+    /// Bytes of its largest weight.
+    pub largest_weight: u64,
     /// Peak live activation bytes of the segment.
     pub peak_activations: u64,
     /// Bytes entering and leaving it.
@@ -60,6 +63,7 @@ pub fn measure(engine: &Engine, runtime: &Runtime, model: &Path, shapes: &InputS
         samples.push(Sample {
             label: format!("{} seg {}/{}", plan.model.name, seg.index, plan.segments.len()),
             weights: seg.weight_bytes,
+            largest_weight: seg.largest_weight_bytes,
             peak_activations: seg.peak_activation_bytes,
             io: seg.io_bytes,
             measured: segment.peak_memory(),
@@ -69,83 +73,47 @@ pub fn measure(engine: &Engine, runtime: &Runtime, model: &Path, shapes: &InputS
     Ok(samples)
 }
 
-/// Fits `overhead + a * weights + b * activations + c * io` to the samples: the overhead is the smallest
-/// measurement (an instance doing almost nothing), the factors a least-squares fit of the rest (kept
-/// non-negative), scaled up so that no segment whose terms reach 1 MiB is underestimated; any shortfall
-/// left on the smaller segments is added to the overhead. Then 10 % and 1 MiB of headroom are added.
+/// Fits the model to the samples: over a grid of factors, the overhead is raised until no segment is
+/// underestimated (plus [`HEADROOM_BYTES`]), and the factors kept are those whose mean overestimate
+/// (estimate / measured, among segments of at least 8 MiB) is smallest.
 pub fn fit(samples: &[Sample], calibration: String) -> MemoryModel {
-    const MIB: f64 = (1 << 20) as f64;
-    let baseline = samples.iter().map(|s| s.measured).min().unwrap_or(0);
-    let rows: Vec<[f64; 3]> = samples.iter().map(|s| [s.weights as f64 / MIB, s.peak_activations as f64 / MIB, s.io as f64 / MIB]).collect();
-    let y: Vec<f64> = samples.iter().map(|s| (s.measured - baseline) as f64 / MIB).collect();
-    let mut active = [true; 3];
-    let mut coef = [0.0; 3];
-    for _ in 0..3 {
-        coef = least_squares(&rows, &y, &active);
-        match (0..3).find(|&i| active[i] && coef[i] < 0.0) {
-            Some(i) => active[i] = false,
-            None => break,
-        }
-    }
-    let terms = |row: &[f64; 3]| row.iter().zip(&coef).map(|(x, c)| x * c.max(0.0)).sum::<f64>();
-    let scale = rows.iter().zip(&y).filter(|(r, _)| terms(r) >= 1.0).map(|(r, y)| y / terms(r)).fold(1.0, f64::max);
-    let mut model = MemoryModel {
-        runtime_overhead: baseline.div_ceil(1 << 16) << 16,
-        weight_factor: round_up(coef[0] * scale),
-        activation_factor: round_up(coef[1] * scale),
-        io_factor: round_up(coef[2] * scale),
-        calibration,
-    };
-    let shortfall = samples.iter().map(|s| s.measured.saturating_sub(model.estimate(s.weights, s.peak_activations, s.io))).max().unwrap_or(0);
-    model.runtime_overhead += shortfall.div_ceil(1 << 16) << 16;
-    // headroom: the allocator grows memory in steps, and inputs other than the calibration's move peaks
-    model.runtime_overhead += HEADROOM_BYTES;
-    model.weight_factor = round_up(model.weight_factor * HEADROOM_FACTOR);
-    model.activation_factor = round_up(model.activation_factor * HEADROOM_FACTOR);
-    model.io_factor = round_up(model.io_factor * HEADROOM_FACTOR);
-    model
-}
-
-/// Fixed headroom added to the fitted overhead.
-const HEADROOM_BYTES: u64 = 1 << 20;
-/// Proportional headroom on the fitted factors.
-const HEADROOM_FACTOR: f64 = 1.1;
-
-fn round_up(x: f64) -> f64 {
-    (x.max(0.0) * 100.0).ceil() / 100.0
-}
-
-/// Ordinary least squares on the active columns (normal equations, Gaussian elimination).
-fn least_squares(rows: &[[f64; 3]], y: &[f64], active: &[bool; 3]) -> [f64; 3] {
-    let cols: Vec<usize> = (0..3).filter(|&i| active[i]).collect();
-    let n = cols.len();
-    let mut a = vec![vec![0.0; n + 1]; n];
-    for (r, row) in rows.iter().enumerate() {
-        for (i, &ci) in cols.iter().enumerate() {
-            for (j, &cj) in cols.iter().enumerate() {
-                a[i][j] += row[ci] * row[cj];
-            }
-            a[i][n] += row[ci] * y[r];
-        }
-    }
-    for p in 0..n {
-        let pivot = (p..n).max_by(|&x, &z| a[x][p].abs().total_cmp(&a[z][p].abs())).unwrap_or(p);
-        a.swap(p, pivot);
-        if a[p][p].abs() < 1e-12 {
-            continue;
-        }
-        for r in 0..n {
-            if r != p {
-                let f = a[r][p] / a[p][p];
-                for c in p..=n {
-                    a[r][c] -= f * a[p][c];
+    let grid = |lo: f64, hi: f64, step: f64| (0..=((hi - lo) / step).round() as usize).map(move |i| lo + i as f64 * step);
+    let mut best: Option<(f64, MemoryModel)> = None;
+    for weight_factor in grid(1.0, 2.5, 0.05) {
+        for largest_weight_factor in grid(0.0, 3.0, 0.1) {
+            for activation_factor in grid(0.2, 1.6, 0.1) {
+                for io_factor in grid(0.0, 3.0, 0.25) {
+                    let mut model = MemoryModel { runtime_overhead: 0, weight_factor, largest_weight_factor, activation_factor, io_factor, calibration: String::new() };
+                    let shortfall = samples.iter().map(|s| s.measured.saturating_sub(estimate(&model, s))).max().unwrap_or(0);
+                    model.runtime_overhead = (shortfall + HEADROOM_BYTES).div_ceil(1 << 16) << 16;
+                    let ratios: Vec<f64> = samples
+                        .iter()
+                        .filter(|s| s.measured >= TIGHT_ABOVE_BYTES)
+                        .map(|s| estimate(&model, s) as f64 / s.measured as f64)
+                        .collect();
+                    let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
+                    if best.as_ref().is_none_or(|(m, _)| mean < *m) {
+                        best = Some((mean, model));
+                    }
                 }
             }
         }
     }
-    let mut coef = [0.0; 3];
-    for (i, &ci) in cols.iter().enumerate() {
-        coef[ci] = if a[i][i].abs() < 1e-12 { 0.0 } else { a[i][n] / a[i][i] };
+    let (_, mut model) = best.expect("the grid is not empty");
+    for factor in [&mut model.weight_factor, &mut model.largest_weight_factor, &mut model.activation_factor, &mut model.io_factor] {
+        *factor = (*factor * 100.0).round() / 100.0;
     }
-    coef
+    model.calibration = calibration;
+    model
 }
+
+/// The model's estimate for a measured segment.
+pub fn estimate(model: &MemoryModel, s: &Sample) -> u64 {
+    model.estimate(s.weights, s.largest_weight, s.peak_activations, s.io)
+}
+
+/// Bytes added to the fitted overhead: the allocator grows memory in steps, and inputs other than the
+/// calibration's move peaks.
+const HEADROOM_BYTES: u64 = 1 << 20;
+/// Segments from this size on are the ones whose overestimate the fit keeps small (issue 13's 20 %).
+const TIGHT_ABOVE_BYTES: u64 = 8 << 20;

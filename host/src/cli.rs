@@ -560,10 +560,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let names: Vec<String> = models.iter().map(|m| m.file_stem().unwrap_or_default().to_string_lossy().into_owned()).collect();
             let fitted = calibrate::fit(&samples, format!("fitted by `netless calibrate` to {} segments of {} (K = {:?})", samples.len(), names.join(", "), segments));
-            println!("{:<36} {:>10} {:>10} {:>10} {:>12} {:>12}", "segment", "weights", "peak act.", "io", "measured", "estimate");
+            println!("{:<36} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>7}", "segment", "weights", "largest", "peak act.", "io", "measured", "estimate", "ratio");
             for s in &samples {
-                let estimate = fitted.estimate(s.weights, s.peak_activations, s.io);
-                println!("{:<36} {:>10} {:>10} {:>10} {:>12} {:>12}", s.label, mib(s.weights), mib(s.peak_activations), mib(s.io), mib(s.measured), mib(estimate));
+                let estimate = calibrate::estimate(&fitted, s);
+                let ratio = estimate as f64 / s.measured.max(1) as f64;
+                println!(
+                    "{:<36} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>7.2}",
+                    s.label, mib(s.weights), mib(s.largest_weight), mib(s.peak_activations), mib(s.io), mib(s.measured), mib(estimate), ratio
+                );
             }
             let json = serde_json::to_string_pretty(&fitted)?;
             println!("{json}");

@@ -112,12 +112,14 @@ fn tight_limit_is_respected() {
     }
 }
 
-/// The memory estimate is the sum of its parts: more weights or activations never cost less.
+/// The memory estimate is the sum of its parts: more weights, a larger largest weight, more
+/// activations or more io never cost less.
 #[test]
 fn memory_estimate_is_monotone() {
     let m = MemoryModel::default();
-    assert!(m.estimate(10 << 20, 0, 0) > m.estimate(1 << 20, 0, 0));
-    assert!(m.estimate(0, 10 << 20, 0) > m.estimate(0, 1 << 20, 0));
-    assert!(m.estimate(0, 0, 1 << 20) > m.estimate(0, 0, 0));
-    assert_eq!(m.estimate(0, 0, 0), m.runtime_overhead);
+    assert!(m.estimate(10 << 20, 0, 0, 0) > m.estimate(1 << 20, 0, 0, 0));
+    assert!(m.estimate(10 << 20, 10 << 20, 0, 0) > m.estimate(10 << 20, 1 << 20, 0, 0));
+    assert!(m.estimate(0, 0, 10 << 20, 0) > m.estimate(0, 0, 1 << 20, 0));
+    assert!(m.estimate(0, 0, 0, 1 << 20) > m.estimate(0, 0, 0, 0));
+    assert_eq!(m.estimate(0, 0, 0, 0), m.runtime_overhead);
 }

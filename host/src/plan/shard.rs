@@ -91,6 +91,8 @@ pub struct ShardCost {
     pub flops: u64,
     /// Bytes of its weights.
     pub weight_bytes: u64,
+    /// Bytes of the largest of them.
+    pub largest_weight_bytes: u64,
     /// Peak bytes of live activations.
     pub peak_activation_bytes: u64,
     /// Bytes of its input and output.
@@ -253,7 +255,15 @@ fn shard_cost(graph: &Graph, node: NodeId, layout: &Layout, range: (u64, u64), f
     let peak = input + sliced_input + output + helpers;
     let io = input + output;
     let flops = part(graph.nodes[node].flops);
-    ShardCost { range, flops, weight_bytes, peak_activation_bytes: peak, io_bytes: io, memory: memory.estimate(weight_bytes, peak, io) }
+    let largest = layout.sliced.iter().map(|&(w, _)| part(bytes(w)))
+        .chain(layout.whole.iter().map(|&w| bytes(w)))
+        .chain(layout.first_only.iter().filter(|_| first).map(|&w| bytes(w)))
+        .max()
+        .unwrap_or(0);
+    ShardCost {
+        range, flops, weight_bytes, largest_weight_bytes: largest, peak_activation_bytes: peak, io_bytes: io,
+        memory: memory.estimate(weight_bytes, largest, peak, io),
+    }
 }
 
 /// `extent` units in `count` near-equal ranges, the larger first.
