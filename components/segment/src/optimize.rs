@@ -1,13 +1,13 @@
 //! tract's optimisation, run so that no weight exists twice and the heap does not fragment.
 //!
 //! A wasm memory never shrinks, so the high-water mark of preparing the model is the instance's size
-//! for its whole life. tract's passes replace a weight by a new constant (transposed, packed for the
-//! matmul kernel) made while the old one is still held, and drop the old one only when the model is
-//! next compacted, after a whole sweep of the pass. Two things here keep the mark near the weights:
-//! - [`FoldInPlace`] folds a large weight's chain of single-input consumers (the kernel's reshapes and
-//!   its packing) by copying the weight aside, freeing it, then computing the new constant, which the
-//!   allocator places in the hole the weight left: the weights end up where they were read, and only
-//!   one copy of one weight is ever extra;
+//! for its whole life. tract's passes replace a weight by a new constant (reshaped, transposed, packed
+//! for the matmul kernel) made while the old one is still held, and drop the old one only when the
+//! model is next compacted, after a whole sweep of the pass. Two things here keep the mark near the
+//! weights:
+//! - before every pass, [`FoldInPlace`] folds each large weight's chain of reshapes, transpositions
+//!   and packing from the weight itself, once the model has let go of it: a reshape keeps its buffer,
+//!   and a packed kernel is placed where its weight was (see [`fold`]);
 //! - every other pass stops its sweep after a patch that makes a large constant, so tract compacts
 //!   the model, freeing the constant it replaced, before the next one is made.
 //!
@@ -15,12 +15,13 @@
 
 use tract_onnx::prelude::{
     Arc, InferenceModel, InferenceModelExt, IntoArcTensor, IntoTValue, OutletId, TValue, TVec,
-    Tensor, TractResult, TypedModel, tvec,
+    Tensor, TractResult, TypedModel, TypedNode, tvec,
 };
 use tract_onnx::tract_core::internal::format_err;
 use tract_onnx::tract_core::model::TypedModelPatch;
 use tract_onnx::tract_core::ops::change_axes::{AxisOp, IntoShape};
 use tract_onnx::tract_core::ops::dummy::Dummy;
+use tract_onnx::tract_core::ops::identity::Identity;
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::matmul::pack::OptMatMulPack;
 use tract_onnx::tract_core::optim::{Optimizer, OptimizerSession, TypedPass};
@@ -44,14 +45,15 @@ fn frugal(optimizer: Optimizer) -> Optimizer {
         }) as Box<dyn TypedPass>
     });
     Optimizer {
-        passes: std::iter::once(Box::new(FoldInPlace) as Box<dyn TypedPass>)
-            .chain(wrapped)
+        passes: wrapped
+            .flat_map(|pass| [Box::new(FoldInPlace) as Box<dyn TypedPass>, pass])
             .collect(),
         steps: optimizer.steps,
     }
 }
 
-/// Folds, for every large weight, the chain of single-input ops that consumes only it.
+/// Folds, for every large weight, the chain of reshapes, transpositions and packing that consumes
+/// only it, before the pass after it could fold that chain with the weight still held.
 #[derive(Clone, Debug)]
 struct FoldInPlace;
 
@@ -115,6 +117,7 @@ fn foldable_chain(model: &TypedModel, id: usize) -> TractResult<Option<Vec<usize
             || next.outputs.len() != 1
             || !(next.op_is::<AxisOp>()
                 || next.op_is::<IntoShape>()
+                || next.op_is::<Identity>()
                 || next.op_is::<OptMatMulPack>())
             || (grows && !fact.is_exotic())
             || model.outputs.iter().any(|o| o.node == at)
@@ -127,12 +130,14 @@ fn foldable_chain(model: &TypedModel, id: usize) -> TractResult<Option<Vec<usize
     Ok((!chain.is_empty()).then_some(chain))
 }
 
-/// Replaces constant `id` and `chain` by the chain's value. When the new constant is about the
-/// weight's size (within 1/64: a packed kernel's alignment) and `several` weights were to fold, the
-/// last step runs after the weight is freed (from a copy when nothing before it made one), so the
-/// allocator puts the new constant where the weight was, borrowing the few bytes it lacks from the
-/// hole the previous weight left; the next weight then does the same. Otherwise (a lone weight, or a
-/// new constant much larger than the weight) the weight is freed after, which costs one copy less.
+/// Replaces constant `id` and `chain` by the chain's value, computed from the weight itself once the
+/// model has let go of it: reshapes keep its buffer, and a step that makes a new buffer frees it.
+///
+/// When the last step makes the new buffer from the weight's own (a packing or a transposition right
+/// after the weight), the buffer is copied aside and freed first, so that the allocator puts the new
+/// constant where the weight was. It is about the weight's size (within 1/64: a packed kernel's
+/// alignment) and borrows the few bytes it lacks from the hole the previous weight left, so this is
+/// done only when `several` weights were to fold; a lone weight is folded directly, one copy less.
 fn fold(model: &mut TypedModel, id: usize, chain: &[usize], several: bool) -> TractResult<()> {
     let eval = |model: &TypedModel, node: usize, value: TVec<TValue>| {
         model.nodes[node]
@@ -151,32 +156,26 @@ fn fold(model: &mut TypedModel, id: usize, chain: &[usize], several: bool) -> Tr
         .expect("a constant")
         .val()
         .clone();
-    let fits = several
+    let buffer = weight.as_bytes().as_ptr();
+    let in_its_place = several
+        && !in_place(&model.nodes[last])
         && model
             .outlet_fact(OutletId::new(last, 0))?
             .mem_size()
             .to_i64()
             .is_ok_and(|m| m as usize <= bytes(&weight) + bytes(&weight) / 64);
-    let mut value = tvec![TValue::from_const(weight.clone())];
+    release(model, id);
+    let mut value = tvec![match Arc::try_unwrap(weight) {
+        Ok(owned) => owned.into_tvalue(),
+        Err(shared) => TValue::from_const(shared),
+    }];
     for &node in before {
         value = eval(model, node, value)?;
     }
-    let mut value = if fits {
-        if value[0]
-            .as_arc_tensor()
-            .is_some_and(|t| Arc::ptr_eq(t, &weight))
-        {
-            value = tvec![weight.as_ref().clone().into_tvalue()];
-        }
-        drop(weight);
-        release(model, id);
-        eval(model, last, value)?
-    } else {
-        let value = eval(model, last, value)?;
-        drop(weight);
-        release(model, id);
-        value
-    };
+    if in_its_place && value[0].as_bytes().as_ptr() == buffer {
+        value = tvec![(*value[0]).clone().into_tvalue()];
+    }
+    let mut value = eval(model, last, value)?;
     let exotic = model
         .outlet_fact(OutletId::new(last, 0))?
         .exotic_fact
@@ -190,6 +189,15 @@ fn fold(model: &mut TypedModel, id: usize, chain: &[usize], several: bool) -> Tr
     )?[0];
     patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
     patch.apply(model)
+}
+
+/// Whether `node` only changes the shape of its input, keeping its buffer.
+fn in_place(node: &TypedNode) -> bool {
+    node.op_is::<IntoShape>()
+        || node.op_is::<Identity>()
+        || node
+            .op_as::<AxisOp>()
+            .is_some_and(|op| !matches!(op, AxisOp::Move(..)))
 }
 
 /// Drops the model's hold on constant `id`'s value; the node is left for compaction to remove.
