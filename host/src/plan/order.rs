@@ -98,7 +98,8 @@ pub struct Liveness {
     pub crossing: Vec<Vec<TensorId>>,
     /// Bytes of `crossing[c]`.
     pub crossing_bytes: Vec<u64>,
-    /// Bytes of activations alive while position `t` runs (its inputs and outputs included).
+    /// Bytes of activations alive while position `t` runs (its inputs and outputs included, except the
+    /// input of an elementwise op that writes over it, see [`IN_PLACE_OPS`]).
     pub live_bytes: Vec<u64>,
     /// Weights read by the node at position `t`.
     pub weights: Vec<Vec<TensorId>>,
@@ -117,6 +118,7 @@ impl Liveness {
         let mut crossing = vec![Vec::new(); n + 1];
         let mut crossing_bytes = vec![0u64; n + 1];
         let mut live_delta = vec![0i64; n + 1];
+        let mut dies_at = vec![None; graph.tensors.len()];
         for (id, tensor) in graph.tensors.iter().enumerate() {
             if tensor.is_weight() {
                 continue;
@@ -128,6 +130,7 @@ impl Liveness {
             if death < 0 {
                 continue;
             }
+            dies_at[id] = Some(death as usize);
             for c in (birth + 1) as usize..=death as usize {
                 crossing[c].push(id);
                 crossing_bytes[c] += tensor.bytes();
@@ -145,6 +148,11 @@ impl Liveness {
             live += delta;
             live_bytes.push(live as u64);
         }
+        for (pos, &node) in order.iter().enumerate() {
+            if let Some(input) = written_over(graph, node).filter(|&t| dies_at[t] == Some(pos)) {
+                live_bytes[pos] -= graph.tensors[input].bytes();
+            }
+        }
         let weights = order
             .iter()
             .map(|&node| graph.nodes[node].inputs.iter().copied().filter(|&t| graph.tensors[t].is_weight()).collect())
@@ -152,4 +160,23 @@ impl Liveness {
         let flops = order.iter().map(|&node| graph.nodes[node].flops).collect();
         Liveness { order, crossing, crossing_bytes, live_bytes, weights, flops }
     }
+}
+
+/// Elementwise operators of one activation input that tract computes in that input's buffer when
+/// nothing reads it afterwards.
+const IN_PLACE_OPS: &[&str] = &[
+    "Abs", "Ceil", "Clip", "Cos", "Elu", "Erf", "Exp", "Floor", "HardSigmoid", "HardSwish", "LeakyRelu",
+    "Log", "Neg", "Reciprocal", "Relu", "Round", "Selu", "Sigmoid", "Sign", "Sin", "Softplus", "Sqrt", "Tanh",
+];
+
+/// The activation `node` writes its output over, if it is an in-place elementwise op of one.
+fn written_over(graph: &Graph, node: NodeId) -> Option<TensorId> {
+    let node = &graph.nodes[node];
+    if !IN_PLACE_OPS.contains(&node.op_type.as_str()) || node.outputs.len() != 1 {
+        return None;
+    }
+    let mut activations = node.inputs.iter().copied().filter(|&t| !graph.tensors[t].is_weight());
+    let (Some(input), None) = (activations.next(), activations.next()) else { return None };
+    let same = graph.tensors[input].bytes() == graph.tensors[node.outputs[0]].bytes();
+    (same && !graph.outputs.contains(&input)).then_some(input)
 }
