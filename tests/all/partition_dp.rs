@@ -169,6 +169,43 @@ fn crossing_sets_match_their_definition() {
     }
 }
 
+/// The activations alive while each position runs are the tensors made at or before it (or given as
+/// inputs) and needed at or after it (or returned), except the input of a Relu it is the last to read,
+/// which tract overwrites with the Relu's output.
+#[test]
+fn live_bytes_match_their_definition() {
+    let mut written_over = 0;
+    for seed in 0..60u64 {
+        let graph = random_graph(seed);
+        for (name, order) in candidates(&graph) {
+            let position = |node: usize| order.iter().position(|&n| n == node).unwrap();
+            let live = Liveness::new(&graph, order.clone());
+            for (pos, &node) in order.iter().enumerate() {
+                let alive = |t: usize| {
+                    let tensor = &graph.tensors[t];
+                    let born = match tensor.producer {
+                        Some(p) => position(p) <= pos,
+                        None => !tensor.is_weight(),
+                    };
+                    born && (tensor.consumers.iter().any(|&c| position(c) >= pos) || graph.outputs.contains(&t))
+                };
+                let mut want: u64 = (0..graph.tensors.len()).filter(|&t| alive(t)).map(|t| graph.tensors[t].bytes()).sum();
+                let n = &graph.nodes[node];
+                if n.op_type == "Relu" {
+                    let input = n.inputs[0];
+                    let last_reader = graph.tensors[input].consumers.iter().all(|&c| position(c) <= pos);
+                    if last_reader && !graph.outputs.contains(&input) {
+                        want -= graph.tensors[input].bytes();
+                        written_over += 1;
+                    }
+                }
+                assert_eq!(live.live_bytes[pos], want, "seed {seed} order {name} position {pos}");
+            }
+        }
+    }
+    assert!(written_over > 0, "the random graphs have Relus that write over their input");
+}
+
 /// Each order the planner tries is a topological order of all nodes.
 #[test]
 fn candidate_orders_are_topological() {
