@@ -80,3 +80,10 @@ pub fn ints_attribute(name: &str, values: &[i64]) -> AttributeProto {
 pub fn int_attribute(name: &str, value: i64) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: 2, i: value, ..Default::default() }
 }
+
+/// An int8 initializer with deterministic values, as raw bytes.
+pub fn int8_weight(name: &str, shape: &[i64], seed: u32) -> TensorProto {
+    let len: i64 = shape.iter().product();
+    let raw_data = (0..len).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 24) as u8).collect();
+    TensorProto { name: name.into(), dims: shape.to_vec(), data_type: 3, raw_data, ..Default::default() }
+}

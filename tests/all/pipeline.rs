@@ -14,6 +14,7 @@ use netless::split::{Split, SplitOptions};
 use netless::verify::{compare, load_inputs};
 
 use crate::common::{engine, failure, model, netless, runtime_wasm, prerequisite};
+use crate::onnx_builder::{self, int_attribute, int8_weight, node, save, value, weight};
 
 fn composer_wasm() -> Option<std::path::PathBuf> {
     let runtime = runtime_wasm()?;
@@ -107,6 +108,50 @@ fn preinitialized_segments_are_reproducible_and_keep_their_budget() {
     let err = artifacts::preinitialize(dir.path(), &plan, engine()).unwrap_err().to_string();
     assert!(err.contains("segment 1 (seg-01.onnx)") && err.contains("too large") && err.contains("over the limit of 4194304 bytes"), "{err}");
     assert!(artifacts::preinitialized(dir.path()).is_none());
+}
+
+/// int8 weights widened by `DequantizeLinear` (per-axis scales and zero points) and by `Cast` then `Mul`:
+/// the runtime reads them as their f32 values, the plan counts them at that size, and the outputs are
+/// native tract's.
+#[test]
+fn int8_weights_are_dequantized_as_they_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dequantize = node("DequantizeLinear", &["q1", "scale1", "zero1"], &["w1"]);
+    dequantize.attribute.push(int_attribute("axis", 1));
+    let mut cast = node("Cast", &["q2"], &["c2"]);
+    cast.attribute.push(int_attribute("to", 1));
+    let graph = netless::onnx::pb::GraphProto {
+        name: "int8".into(),
+        node: vec![
+            dequantize,
+            node("MatMul", &["x", "w1"], &["h"]),
+            node("Relu", &["h"], &["r"]),
+            cast,
+            node("Mul", &["c2", "scale2"], &["w2"]),
+            node("MatMul", &["r", "w2"], &["y"]),
+        ],
+        initializer: vec![
+            int8_weight("q1", &[256, 512], 1),
+            weight("scale1", &[512], 2),
+            int8_weight("zero1", &[512], 3),
+            int8_weight("q2", &[512, 128], 4),
+            weight("scale2", &[1, 128], 5),
+        ],
+        input: vec![value("x", &[1, 256])],
+        output: vec![value("y", &[1, 128])],
+        ..Default::default()
+    };
+    let path = save(dir.path(), "int8.onnx", &onnx_builder::model(graph));
+    let options = SplitOptions {
+        request: Request { max_memory: 1 << 32, segments: Some(1), objective: Objective::Latency, max_segments: 1 },
+        input_shapes: Default::default(),
+        memory: MemoryModel::default(),
+        cost: CostModel::default(),
+    };
+    let plan = Split::new(&path, &options).unwrap().write(&dir.path().join("out")).unwrap();
+    let f32_weights = 4 * (256 * 512 + 512 + 512 * 128 + 128);
+    assert_eq!(plan.segments[0].weight_bytes, f32_weights + 512, "the f32 weights, their scales and int8 zero points");
+    check(&path, &[], &[1, 2]);
 }
 
 #[test]

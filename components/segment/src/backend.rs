@@ -47,6 +47,8 @@ impl Prepared {
                 outputs,
             });
         }
+        let mut skeleton = skeleton;
+        crate::dequantize::at_read(&mut skeleton).map_err(Error::Unsupported)?;
         let Skeleton { proto, weights } = skeleton;
         let mut model = tract_onnx::onnx()
             .model_for_proto_model(&proto)
@@ -157,13 +159,19 @@ fn fill(model: &mut InferenceModel, weight: &Weight) -> Result<(), Error> {
     if !dt.is_copy() {
         return Err(at_fault(format!("{dt:?} cannot be read as raw bytes")));
     }
-    // SAFETY: every byte is overwritten from the blob below before the tensor is used.
-    let mut tensor = unsafe { TractTensor::uninitialized_dt(dt, &shape) }
-        .map_err(|e| at_fault(format!("{e:#}")))?;
-    weight.read(tensor.as_bytes_mut()).map_err(Error::Internal)?;
-    if dt == DatumType::Bool {
-        tensor.as_bytes_mut().iter_mut().for_each(|b| *b = (*b != 0) as u8);
-    }
+    let tensor = match &weight.dequantize {
+        Some(dequantize) => dequantize.read(weight, &shape).map_err(Error::Unsupported)?,
+        None => {
+            // SAFETY: every byte is overwritten from the blob below before the tensor is used.
+            let mut tensor = unsafe { TractTensor::uninitialized_dt(dt, &shape) }
+                .map_err(|e| at_fault(format!("{e:#}")))?;
+            weight.read(tensor.as_bytes_mut()).map_err(Error::Internal)?;
+            if dt == DatumType::Bool {
+                tensor.as_bytes_mut().iter_mut().for_each(|b| *b = (*b != 0) as u8);
+            }
+            tensor
+        }
+    };
     let tensor = Arc::new(tensor);
     let fact = TypedFact::try_from(tensor.clone()).map_err(|e| at_fault(format!("{e:#}")))?;
     let op = Const::new(tensor).map_err(|e| at_fault(format!("{e:#}")))?;

@@ -10,6 +10,7 @@ use prost::Message;
 use prost::encoding::{WireType, decode_varint, encode_key, encode_varint};
 use tract_onnx::pb;
 
+use crate::dequantize::Dequantize;
 use crate::netless::inference::segment_data;
 
 /// Size of one `segment-data.read`: large enough to amortise the call, small enough to stay cheap.
@@ -35,6 +36,8 @@ pub struct Weight {
     pub offset: u64,
     /// How many bytes they are.
     pub len: u64,
+    /// Set when the weight is read as the f32 values of its dequantization.
+    pub dequantize: Option<Dequantize>,
 }
 
 impl Weight {
@@ -48,14 +51,19 @@ impl Weight {
                 dst.len()
             ));
         }
+        self.chunks(|at, chunk| dst[at..at + chunk.len()].copy_from_slice(chunk))
+    }
+
+    /// Hands the tensor's bytes to `each` one read at a time, with their offset.
+    pub fn chunks(&self, mut each: impl FnMut(usize, &[u8])) -> Result<(), String> {
         let mut at = 0;
-        while at < dst.len() {
-            let want = (dst.len() - at).min(READ_CHUNK as usize) as u32;
+        while (at as u64) < self.len {
+            let want = (self.len - at as u64).min(u64::from(READ_CHUNK)) as u32;
             let chunk = segment_data::read(self.offset + at as u64, want);
-            if chunk.is_empty() {
+            if chunk.is_empty() || chunk.len() > want as usize {
                 return Err(format!("initializer `{}`: the blob ends early", self.name));
             }
-            dst[at..at + chunk.len()].copy_from_slice(&chunk);
+            each(at, &chunk);
             at += chunk.len();
         }
         Ok(())
@@ -229,6 +237,7 @@ impl Reader {
             dims: std::mem::replace(&mut tensor.dims, vec![0, index as i64]),
             offset,
             len,
+            dequantize: None,
         };
         Ok(Some((tensor.encode_to_vec(), weight)))
     }

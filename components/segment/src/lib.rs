@@ -7,6 +7,7 @@
 mod backend;
 mod blob;
 mod contract;
+mod dequantize;
 mod optimize;
 
 use std::cell::OnceCell;
