@@ -132,18 +132,22 @@ fn oversized(graph: &Graph, node: NodeId, limit: u64, memory: &MemoryModel, cost
 
 /// The smallest memory limit for which the model has a partition (nodes cut into shards where they can
 /// be), and the node that sets it. Starts from the largest of every node's smallest need (whole, or its
-/// finest shard) and raises it by 1 % until a partition exists.
+/// finest shard; nodes no cut may separate count together) and raises it by 1 % until a partition exists.
 pub fn smallest_limit(graph: &Graph, memory: &MemoryModel, cost: &CostModel) -> (u64, String) {
     let (mut limit, node) = order::candidates(graph)
         .into_iter()
         .map(|(_, order)| {
             let live = Liveness::new(graph, order);
             let ev = Evaluator::new(graph, &live, memory, cost);
-            (0..ev.len())
-                .map(|p| {
-                    let node = live.order[p];
-                    let whole = ev.segment(p, p + 1).memory;
-                    let need = shard::finest(graph, node, memory).map_or(whole, |(m, _)| m.min(whole));
+            let cuts: Vec<usize> = (1..=ev.len()).filter(|&c| c == ev.len() || live.cut_allowed[c]).collect();
+            std::iter::once(0)
+                .chain(cuts.iter().copied())
+                .zip(cuts.iter().copied())
+                .map(|(start, end)| {
+                    let node = live.order[start];
+                    let whole = ev.segment(start, end).memory;
+                    let finest = (end == start + 1).then(|| shard::finest(graph, node, memory)).flatten();
+                    let need = finest.map_or(whole, |(m, _)| m.min(whole));
                     (need, graph.nodes[node].name.clone())
                 })
                 .max_by_key(|(need, _)| *need)

@@ -5,7 +5,7 @@
 //! output) crosses that cut; segments pass such tensors along, so the pipeline stays a chain. Different
 //! orders give different crossing sets, so the planner tries several and keeps the best.
 
-use crate::onnx::{Graph, NodeId, TensorId};
+use crate::onnx::{ElemType, Graph, NodeId, TensorId};
 
 /// The named topological orders the planner tries.
 pub fn candidates(graph: &Graph) -> Vec<(&'static str, Vec<NodeId>)> {
@@ -98,11 +98,18 @@ pub struct Liveness {
     pub crossing: Vec<Vec<TensorId>>,
     /// Bytes of `crossing[c]`.
     pub crossing_bytes: Vec<u64>,
+    /// Whether a segment may end before position `c`: not when a tensor computed from weights alone
+    /// would cross there (it would travel as an activation and be held on both sides).
+    pub cut_allowed: Vec<bool>,
     /// Bytes of activations alive while position `t` runs (its inputs and outputs included, except the
     /// input of an elementwise op that writes over it, see [`IN_PLACE_OPS`]).
     pub live_bytes: Vec<u64>,
-    /// Weights read by the node at position `t`.
+    /// Weights read by the node at position `t`, and the tensors computed from weights alone that it reads
+    /// when it is not itself computed from weights alone (see [`prepared_constants`]).
     pub weights: Vec<Vec<TensorId>>,
+    /// Bytes of the largest weight the node at position `t` packs for its kernel (0 if it packs none):
+    /// preparing it holds that weight twice for a moment.
+    pub packed: Vec<u64>,
     /// Operations of the node at position `t`.
     pub flops: Vec<u64>,
 }
@@ -119,6 +126,7 @@ impl Liveness {
         let mut crossing_bytes = vec![0u64; n + 1];
         let mut live_delta = vec![0i64; n + 1];
         let mut dies_at = vec![None; graph.tensors.len()];
+        let prepared = prepared_constants(graph);
         for (id, tensor) in graph.tensors.iter().enumerate() {
             if tensor.is_weight() {
                 continue;
@@ -137,11 +145,12 @@ impl Liveness {
             }
             let first = birth.max(0) as usize;
             let last = (death as usize).min(n.saturating_sub(1));
-            if first <= last {
+            if first <= last && !prepared[id] {
                 live_delta[first] += tensor.bytes() as i64;
                 live_delta[last + 1] -= tensor.bytes() as i64;
             }
         }
+        let cut_allowed = crossing.iter().map(|tensors| !tensors.iter().any(|&t| prepared[t])).collect();
         let mut live_bytes = Vec::with_capacity(n);
         let mut live = 0i64;
         for delta in live_delta.iter().take(n) {
@@ -153,13 +162,91 @@ impl Liveness {
                 live_bytes[pos] -= graph.tensors[input].bytes();
             }
         }
-        let weights = order
+        let weights: Vec<Vec<TensorId>> = order
             .iter()
-            .map(|&node| graph.nodes[node].inputs.iter().copied().filter(|&t| graph.tensors[t].is_weight()).collect())
+            .map(|&node| {
+                let folded_here = graph.nodes[node].outputs.iter().all(|&t| prepared[t]);
+                let held = |t: TensorId| {
+                    (graph.tensors[t].is_weight() && !dequantized_at_read(graph, t)) || (prepared[t] && !folded_here)
+                };
+                graph.nodes[node].inputs.iter().copied().filter(|&t| held(t)).collect()
+            })
+            .collect();
+        let packed = order
+            .iter()
+            .zip(&weights)
+            .map(|(&node, held)| {
+                let packs = packs_weights(&graph.nodes[node].op_type);
+                held.iter().filter(|_| packs).map(|&t| graph.tensors[t].bytes()).max().unwrap_or(0)
+            })
             .collect();
         let flops = order.iter().map(|&node| graph.nodes[node].flops).collect();
-        Liveness { order, crossing, crossing_bytes, live_bytes, weights, flops }
+        Liveness { order, crossing, crossing_bytes, cut_allowed, live_bytes, weights, packed, flops }
     }
+}
+
+/// Whether tract packs the constant operands of `op` into a new buffer for its matrix kernel.
+pub fn packs_weights(op: &str) -> bool {
+    matches!(op, "Conv" | "ConvTranspose" | "ConvInteger" | "Gemm" | "MatMul" | "MatMulInteger" | "Einsum")
+}
+
+/// Which activations are computed from weights alone (a dequantized int8 weight: `Cast` then `Mul` by
+/// its scales, or `DequantizeLinear`). tract folds such nodes into constants while it prepares a segment,
+/// so the segment holds their results for its whole life, as it holds a weight: the nodes reading them
+/// count them as weights, and they are not live activations.
+pub fn prepared_constants(graph: &Graph) -> Vec<bool> {
+    let mut prepared = vec![false; graph.tensors.len()];
+    let mut pending: Vec<usize> = graph.nodes.iter().map(|n| n.inputs.len()).collect();
+    let mut ready: Vec<NodeId> = Vec::new();
+    for tensor in graph.tensors.iter().filter(|t| t.is_weight()) {
+        for &c in &tensor.consumers {
+            pending[c] -= 1;
+            if pending[c] == 0 {
+                ready.push(c);
+            }
+        }
+    }
+    while let Some(node) = ready.pop() {
+        let node = &graph.nodes[node];
+        if node.op_type.starts_with("Random") || ["Multinomial", "If", "Loop", "Scan"].contains(&node.op_type.as_str()) {
+            continue;
+        }
+        for &t in &node.outputs {
+            if graph.outputs.contains(&t) {
+                continue;
+            }
+            prepared[t] = true;
+            for &c in &graph.tensors[t].consumers {
+                pending[c] -= 1;
+                if pending[c] == 0 {
+                    ready.push(c);
+                }
+            }
+        }
+    }
+    prepared
+}
+
+/// Whether the runtime reads weight `t` straight into its dequantized f32 values, so that the 8-bit
+/// tensor itself is never held (it is one of the initializers the runtime leaves in the blob, of 4 KiB or
+/// more, that only one node reads): the node reading it is a `DequantizeLinear`, or a `Cast` whose
+/// output only a `Mul` reads (`components/segment/src/dequantize.rs`).
+fn dequantized_at_read(graph: &Graph, t: TensorId) -> bool {
+    let tensor = &graph.tensors[t];
+    let dequantizes = |&c: &NodeId| {
+        let node = &graph.nodes[c];
+        match node.op_type.as_str() {
+            "DequantizeLinear" => node.operands.first() == Some(&Some(t)),
+            "Cast" => node.outputs.iter().all(|&o| {
+                matches!(graph.tensors[o].consumers.as_slice(), [m] if graph.nodes[*m].op_type == "Mul")
+            }),
+            _ => false,
+        }
+    };
+    matches!(tensor.dtype, ElemType::I8 | ElemType::U8)
+        && tensor.bytes() >= 4096
+        && tensor.consumers.len() == 1
+        && tensor.consumers.iter().all(dequantizes)
 }
 
 /// Elementwise operators of one activation input that tract computes in that input's buffer when

@@ -54,7 +54,7 @@ pub struct SegmentCost {
     pub flops: u64,
     /// Bytes of the distinct weights its nodes read.
     pub weight_bytes: u64,
-    /// Bytes of the largest of them.
+    /// Bytes of the largest of them that a node packs for its kernel ([`Liveness::packed`]).
     pub largest_weight_bytes: u64,
     /// Peak bytes of live activations while it runs.
     pub peak_activation_bytes: u64,
@@ -92,8 +92,9 @@ impl<'a> Evaluator<'a> {
     pub fn sharded(graph: &'a Graph, live: &'a Liveness, memory: &'a MemoryModel, cost: &'a CostModel, limit: u64) -> Result<Self, usize> {
         let mut ev = Evaluator::new(graph, live, memory, cost);
         for p in 0..ev.len() {
+            let alone = live.cut_allowed[p] && (p + 1 == ev.len() || live.cut_allowed[p + 1]);
             let whole = ev.segment(p, p + 1);
-            if whole.memory <= limit {
+            if whole.memory <= limit || !alone {
                 continue;
             }
             let node = live.order[p];
@@ -158,7 +159,7 @@ impl<'a> Evaluator<'a> {
         weights.sort_unstable();
         weights.dedup();
         let weight_bytes = weights.iter().map(|&w| self.graph.tensors[w].bytes()).sum();
-        let largest = weights.iter().map(|&w| self.graph.tensors[w].bytes()).max().unwrap_or(0);
+        let largest = self.live.packed[start..end].iter().copied().max().unwrap_or(0);
         let peak = self.live.live_bytes[start..end].iter().copied().max().unwrap_or(0);
         let flops = self.live.flops[start..end].iter().sum();
         self.finish(start, end, flops, (weight_bytes, largest), peak)
@@ -172,7 +173,8 @@ impl<'a> Evaluator<'a> {
         SegmentCost { start, end, flops, weight_bytes, largest_weight_bytes: largest, peak_activation_bytes: peak, io_bytes, memory, group: None }
     }
 
-    /// Every segment starting at `start`, by increasing end, until its weights alone exceed `limit`.
+    /// Every segment starting at `start`, by increasing end, until its weights alone exceed `limit`; it
+    /// ends only where a cut is allowed ([`Liveness::cut_allowed`]).
     fn extensions(&self, start: usize, limit: u64, stamp: &mut [usize]) -> Vec<SegmentCost> {
         if let Some(group) = self.group(start) {
             return vec![group.clone()];
@@ -188,15 +190,17 @@ impl<'a> Evaluator<'a> {
                 if stamp[w] != start {
                     stamp[w] = start;
                     weight_bytes += self.graph.tensors[w].bytes();
-                    largest = largest.max(self.graph.tensors[w].bytes());
                 }
             }
+            largest = largest.max(self.live.packed[pos]);
             if self.memory.estimate(weight_bytes, largest, 0, 0) > limit {
                 break;
             }
             flops += self.live.flops[pos];
             peak = peak.max(self.live.live_bytes[pos]);
-            out.push(self.finish(start, end, flops, (weight_bytes, largest), peak));
+            if end == self.len() || self.live.cut_allowed[end] {
+                out.push(self.finish(start, end, flops, (weight_bytes, largest), peak));
+            }
         }
         out
     }
@@ -285,9 +289,18 @@ pub fn partition(ev: &Evaluator, request: &Request) -> Result<Vec<SegmentCost>> 
     })
 }
 
-/// The smallest memory limit for which this order has any partition: its largest single-node segment.
+/// The smallest memory limit for which this order has any partition: its largest shortest segment (one
+/// node, or the nodes between two cuts that are allowed), with that segment's first position.
 pub fn smallest_limit(ev: &Evaluator) -> (u64, usize) {
-    (0..ev.len()).map(|p| (ev.segment(p, p + 1).memory, p)).max().unwrap_or((0, 0))
+    let mut smallest = (0, 0);
+    let mut start = 0;
+    for end in 1..=ev.len() {
+        if end == ev.len() || ev.live.cut_allowed[end] {
+            smallest = smallest.max((ev.segment(start, end).memory, start));
+            start = end;
+        }
+    }
+    smallest
 }
 
 fn check_single_nodes(ev: &Evaluator, limit: u64) -> Result<()> {

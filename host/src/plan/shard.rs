@@ -91,7 +91,7 @@ pub struct ShardCost {
     pub flops: u64,
     /// Bytes of its weights.
     pub weight_bytes: u64,
-    /// Bytes of the largest of them.
+    /// Bytes of the largest of them that the node packs for its kernel (none for a Gather's rows).
     pub largest_weight_bytes: u64,
     /// Peak bytes of live activations.
     pub peak_activation_bytes: u64,
@@ -255,9 +255,11 @@ fn shard_cost(graph: &Graph, node: NodeId, layout: &Layout, range: (u64, u64), f
     let peak = input + sliced_input + output + helpers;
     let io = input + output;
     let flops = part(graph.nodes[node].flops);
+    let packs = super::order::packs_weights(&graph.nodes[node].op_type);
     let largest = layout.sliced.iter().map(|&(w, _)| part(bytes(w)))
         .chain(layout.whole.iter().map(|&w| bytes(w)))
         .chain(layout.first_only.iter().filter(|_| first).map(|&w| bytes(w)))
+        .filter(|_| packs)
         .max()
         .unwrap_or(0);
     ShardCost {
