@@ -7,9 +7,12 @@
 //! target's dictionary, JSON-aware ([`mutate::json`]) and the target's own structured ones.
 //!
 //! A panic fails the run: the input is written to the crashes folder and its path reported, to be
-//! added to the target's corpus folder, whose every file is re-run first as a regression test.
+//! added to the target's corpus folder, whose every file is re-run first as a regression test. So
+//! does an input that runs longer than the per-input limit: a watchdog thread writes it and ends the
+//! process (a running decoder cannot be interrupted), so that a hang is caught as a crash is.
 //!
 //! - `NETLESS_FUZZ_SECONDS`: time per target (default 3).
+//! - `NETLESS_FUZZ_TIMEOUT`: the per-input limit in seconds (default 10).
 //! - `NETLESS_FUZZ_SEED`: the random seed (default: from the clock; printed either way).
 //! - `NETLESS_FUZZ_CRASHES`: where crashing inputs are written (default: the temp folder).
 //! - `NETLESS_FUZZ_REPORT`: a file to which one JSON line per run is appended.
@@ -22,7 +25,8 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 pub use mutate::Rng;
@@ -75,38 +79,60 @@ pub fn budget(default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
+/// The per-input time limit: `NETLESS_FUZZ_TIMEOUT` seconds, else 10 s.
+pub fn time_limit() -> Duration {
+    std::env::var("NETLESS_FUZZ_TIMEOUT").ok().and_then(|s| s.parse::<f64>().ok()).map_or(Duration::from_secs(10), Duration::from_secs_f64)
+}
+
+/// Exit status of a run ended by an input over the time limit.
+pub const TIMEOUT_EXIT: i32 = 70;
+
 /// Runs `exec` on the corpus files, the seeds and then mutations until the budget is spent.
 /// `exec` returns the decoder's verdict (`Err` with its message when it refuses the input) and
 /// panics when a property the decoder promises does not hold.
 ///
-/// Panics, naming the crashing input's file, if `exec` panics.
+/// Panics, naming the crashing input's file, if `exec` panics; ends the process with
+/// [`TIMEOUT_EXIT`], naming the input's file, if one input runs longer than [`time_limit`].
 pub fn fuzz(target: Target<'_>, exec: impl FnMut(&[u8]) -> Result<(), String>) -> Report {
     fuzz_for(target, budget(Duration::from_secs(3)), exec)
 }
 
 /// [`fuzz`] with an explicit budget.
-pub fn fuzz_for(target: Target<'_>, budget: Duration, mut exec: impl FnMut(&[u8]) -> Result<(), String>) -> Report {
+pub fn fuzz_for(target: Target<'_>, budget: Duration, exec: impl FnMut(&[u8]) -> Result<(), String>) -> Report {
     install_quiet_hook();
     let seed = std::env::var("NETLESS_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(clock_seed);
+    let watchdog = Watchdog { running: Mutex::new(None), done: AtomicBool::new(false), limit: time_limit() };
+    let (name, corpus) = (target.name, target.corpus.clone());
+    std::thread::scope(|scope| {
+        scope.spawn(|| watchdog.watch(name, &corpus, seed));
+        let _stop = Stop(&watchdog.done);
+        run(&target, budget, seed, &watchdog, exec)
+    })
+}
+
+fn run(target: &Target<'_>, budget: Duration, seed: u64, watchdog: &Watchdog, mut exec: impl FnMut(&[u8]) -> Result<(), String>) -> Report {
     let mut rng = Rng::new(seed);
     let started = Instant::now();
     let mut report = Report { name: target.name.into(), executions: 0, corpus: 0, verdicts: 0, accepted: 0, seconds: 0.0, seed };
     let mut seen = HashSet::new();
     let mut corpus: Vec<Vec<u8>> = Vec::new();
-    let mut run = |input: &[u8], report: &mut Report| -> bool {
+    let mut try_input = |input: &[u8], report: &mut Report| -> bool {
         report.executions += 1;
-        match execute(&mut exec, input) {
+        watchdog.start(input);
+        let outcome = execute(&mut exec, input);
+        watchdog.stop();
+        match outcome {
             Ok(verdict) => {
                 if verdict.is_ok() {
                     report.accepted += 1;
                 }
                 seen.insert(signature(&verdict))
             }
-            Err(message) => crashed(&target, input, &message, seed),
+            Err(message) => crashed(target, input, &message, seed),
         }
     };
     for input in read_corpus(&target.corpus).into_iter().chain(target.seeds.iter().cloned()) {
-        run(&input, &mut report);
+        try_input(&input, &mut report);
         corpus.push(input);
     }
     assert!(!corpus.is_empty(), "fuzz target `{}` has no seeds", target.name);
@@ -125,7 +151,7 @@ pub fn fuzz_for(target: Target<'_>, budget: Duration, mut exec: impl FnMut(&[u8]
         if input.len() > MAX_INPUT {
             continue;
         }
-        if run(&input, &mut report) {
+        if try_input(&input, &mut report) {
             corpus.push(input);
         }
     }
@@ -134,6 +160,52 @@ pub fn fuzz_for(target: Target<'_>, budget: Duration, mut exec: impl FnMut(&[u8]
     report.seconds = started.elapsed().as_secs_f64();
     log(&report);
     report
+}
+
+/// Watches the input being run, and ends the process when one runs over the limit.
+struct Watchdog {
+    running: Mutex<Option<(Instant, Vec<u8>)>>,
+    done: AtomicBool,
+    limit: Duration,
+}
+
+/// Ends the watch when the run ends, by returning or by a crash's panic.
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Watchdog {
+    fn start(&self, input: &[u8]) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), input.to_vec()));
+    }
+
+    fn stop(&self) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn watch(&self, name: &str, corpus: &Path, seed: u64) {
+        let tick = (self.limit / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        while !self.done.load(Ordering::Relaxed) {
+            std::thread::sleep(tick);
+            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let Some((started, input)) = running.as_ref() else { continue };
+            if started.elapsed() > self.limit {
+                let saved = save(name, "timeout", input);
+                eprintln!(
+                    "fuzz target `{}` ran over its per-input limit of {:?} on a {}-byte input ({saved}; seed {seed})\nfix it, then add the input to {} as a regression test",
+                    name,
+                    self.limit,
+                    input.len(),
+                    corpus.display()
+                );
+                std::process::exit(TIMEOUT_EXIT);
+            }
+        }
+    }
 }
 
 thread_local! {
@@ -192,14 +264,20 @@ fn signature(verdict: &Result<(), String>) -> String {
     out
 }
 
-fn crashed(target: &Target<'_>, input: &[u8], message: &str, seed: u64) -> ! {
+/// Writes a failing input to the crashes folder, named `<target>[-<kind>]-<hash>`; says where.
+fn save(name: &str, kind: &str, input: &[u8]) -> String {
     let dir = std::env::var_os("NETLESS_FUZZ_CRASHES").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("netless-fuzz-crashes"));
     let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!("{}-{:016x}", target.name, fnv(input)));
-    let saved = match std::fs::write(&path, input) {
+    let kind = if kind.is_empty() { String::new() } else { format!("-{kind}") };
+    let path = dir.join(format!("{name}{kind}-{:016x}", fnv(input)));
+    match std::fs::write(&path, input) {
         Ok(()) => format!("written to {}", path.display()),
         Err(e) => format!("not written ({e})"),
-    };
+    }
+}
+
+fn crashed(target: &Target<'_>, input: &[u8], message: &str, seed: u64) -> ! {
+    let saved = save(target.name, "", input);
     panic!(
         "fuzz target `{}` panicked on a {}-byte input ({saved}; seed {seed}): {message}\nfix it, then add the input to {} as a regression test",
         target.name,
@@ -269,5 +347,34 @@ mod tests {
         }));
         let message = caught.expect_err("the planted panic is found").downcast::<String>().unwrap();
         assert!(message.contains("self-test") && message.contains("found it"), "{message}");
+    }
+
+    /// Runs itself in a child process (the watchdog ends the process it runs in).
+    #[test]
+    fn an_input_over_the_time_limit_is_written_and_ends_the_run() {
+        let crashes = std::env::temp_dir().join(format!("netless-fuzz-timeout-test-{}", std::process::id()));
+        if std::env::var_os("NETLESS_FUZZ_SELF_TEST_HANG").is_some() {
+            let target = Target { name: "hang-test", corpus: crashes.join("corpus"), seeds: vec![b"ab".to_vec()], dictionary: &[b"zz"], mutators: vec![] };
+            fuzz_for(target, Duration::from_secs(20), |input| {
+                if input.windows(2).any(|w| w == b"zz") {
+                    std::thread::sleep(Duration::from_secs(60));
+                }
+                Ok(())
+            });
+            return;
+        }
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::an_input_over_the_time_limit_is_written_and_ends_the_run", "--nocapture"])
+            .env("NETLESS_FUZZ_SELF_TEST_HANG", "1")
+            .env("NETLESS_FUZZ_TIMEOUT", "0.3")
+            .env("NETLESS_FUZZ_CRASHES", &crashes)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&child.stderr);
+        assert_eq!(child.status.code(), Some(TIMEOUT_EXIT), "{stderr}");
+        assert!(stderr.contains("hang-test") && stderr.contains("per-input limit"), "{stderr}");
+        let written: Vec<Vec<u8>> = std::fs::read_dir(&crashes).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("hang-test-timeout-")).map(|e| std::fs::read(e.path()).unwrap()).collect();
+        assert!(written.len() == 1 && written[0].windows(2).any(|w| w == b"zz"), "the hanging input is kept: {written:?}");
+        let _ = std::fs::remove_dir_all(&crashes);
     }
 }

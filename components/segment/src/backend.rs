@@ -90,8 +90,9 @@ impl Prepared {
                 model.set_input_fact(slot, fact).map_err(unsupported)?;
             }
         }
-        let plan = crate::optimize::optimize(model)
-            .map_err(unsupported)?
+        let mut model = crate::optimize::optimize(model).map_err(unsupported)?;
+        crate::checked::wrap(&mut model);
+        let plan = model
             .into_runnable()
             .map_err(unsupported)?;
         Ok(Prepared {
@@ -106,7 +107,7 @@ impl Prepared {
         let Some(plan) = &self.plan else {
             return Ok(Vec::new());
         };
-        let results = plan.run(self.feed(inputs)?).map_err(internal)?;
+        let results = plan.run(self.feed(inputs)?).map_err(run_error)?;
         results
             .iter()
             .zip(&self.outputs)
@@ -132,7 +133,7 @@ impl Prepared {
                 });
                 output
             })
-            .map_err(internal)?;
+            .map_err(run_error)?;
         Ok(times)
     }
 
@@ -185,6 +186,14 @@ fn fill(model: &mut InferenceModel, weight: &Weight) -> Result<(), Error> {
 
 fn internal(e: tract_onnx::prelude::TractError) -> Error {
     Error::Internal(format!("{e:#}"))
+}
+
+/// A run's failure: the caller's fault when an index it gave is out of range, else internal.
+fn run_error(e: tract_onnx::prelude::TractError) -> Error {
+    match e.chain().find_map(|cause| cause.downcast_ref::<crate::checked::OutOfRange>()) {
+        Some(out_of_range) => Error::InvalidInput(out_of_range.to_string()),
+        None => internal(e),
+    }
 }
 
 /// The tract type of a WIT tensor type; tract has no bf16.

@@ -6,6 +6,7 @@
 
 mod backend;
 mod blob;
+mod checked;
 mod contract;
 mod dequantize;
 mod optimize;

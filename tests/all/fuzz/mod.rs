@@ -1,10 +1,11 @@
 //! Fuzz targets for every decoder that takes bytes from outside: ONNX files, OIP v2 requests and
-//! responses (JSON and binary), `plan.json`, `spin.toml` and `.npy` inputs (the segment runtime's
-//! contract checks are fuzzed in `components/segment`). Each runs for a few seconds in the normal
+//! responses (JSON and binary), `plan.json`, `spin.toml`, `.npy` inputs and the tensors a host hands
+//! the segment runtime (its contract checks, in the real component). Each runs for a few seconds in the normal
 //! test run (`NETLESS_FUZZ_SECONDS` for longer), starting from seeds of the current formats and the
 //! files of `fuzz/corpus/<target>/` (former crashes among them), which all run first. See
 //! docs/fuzzing.md.
 
+mod contract;
 mod npy;
 mod oip;
 mod onnx;
