@@ -173,6 +173,12 @@ fn bad_input_shapes_and_sizes() {
     assert!(err.contains("input `x`") && err.contains("does not fit the declared shape"), "{err}");
     let err = failure(&split(&path, &out, &["--max-memory", "lots"]));
     assert!(err.contains("lots"), "{err}");
+    let mut huge = small_chain();
+    huge.input = vec![value("x", &[i64::MAX, 8])];
+    huge.output = vec![value("y", &[i64::MAX, 8])];
+    let huge = save(dir.path(), "huge.onnx", &model(huge));
+    let err = failure(&split(&huge, &out, &["--max-memory", "64MiB"]));
+    assert!(err.contains("tensor `x` would be f32[9223372036854775807, 8], more than the 4 GiB a WebAssembly segment can hold"), "a size that overflows is refused: {err}");
     assert_nothing_written(&out);
 }
 

@@ -100,6 +100,49 @@ fn a_dynamic_dimension_inside_a_subgraph_is_refused() {
     assert_refused(&save(dir.path(), "dynamic_if.onnx", &dynamic_inside_a_branch()), "node `then_cast` (inside `choose`)", "got 2,");
 }
 
+/// `y = MaxPool(img [1,1,4,4])` with the given kernel, strides 1 and `auto_pad`, named `pool`; inside
+/// the then branch of If `choose` (whose else branch is the same pool) when `branched`.
+fn pool(kernel: &[i64], auto_pad: &str, branched: bool) -> ModelProto {
+    let mut pool = node("MaxPool", &["img"], &["p"]);
+    pool.name = "pool".into();
+    pool.attribute = vec![ints_attribute("kernel_shape", kernel), ints_attribute("strides", &[1, 1])];
+    pool.attribute.push(netless::onnx::pb::AttributeProto { name: "auto_pad".into(), s: auto_pad.as_bytes().to_vec(), r#type: 3, ..Default::default() });
+    let mut graph = GraphProto { name: "pool".into(), input: vec![value("img", &[1, 1, 4, 4])], output: vec![typed_value("y", 1, None)], ..Default::default() };
+    if branched {
+        let mut other = pool.clone();
+        other.name = "other_pool".into();
+        other.output = vec!["m".into()];
+        let then_branch = GraphProto { name: "then".into(), node: vec![pool], output: vec![typed_value("p", 1, None)], ..Default::default() };
+        let else_branch = GraphProto { name: "else".into(), node: vec![other], output: vec![typed_value("m", 1, None)], ..Default::default() };
+        let mut choose = node("If", &["c"], &["y"]);
+        choose.name = "choose".into();
+        choose.attribute = vec![graph_attribute("then_branch", then_branch), graph_attribute("else_branch", else_branch)];
+        graph.node = vec![choose];
+        graph.input.push(typed_value("c", 9, Some(&[])));
+    } else {
+        pool.output = vec!["y".into()];
+        graph.node = vec![pool];
+    }
+    model(graph)
+}
+
+/// A pooling window wider than its input is invalid ONNX, and tract enumerates every window position
+/// before checking (a kernel of 2^31 kept it busy for hours, found by the `onnx` fuzz target): it is
+/// refused at once, in the graph and inside a branch. A window only automatic padding can fit
+/// (3x3 on a 1x1 map) is fine.
+#[test]
+fn a_window_wider_than_its_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wide = pool(&[1 << 24, 2], "NOTSET", false);
+    assert_refused(&save(dir.path(), "wide.onnx", &wide), "node `pool`", "its window spans 16777216 on spatial axis 0 (kernel 16777216, dilation 1), more than its input's 4 with its padding 0 + 0");
+    assert_refused(&save(dir.path(), "branch.onnx", &pool(&[5, 4], "VALID", true)), "node `pool` (inside `choose`)", "spans 5 on spatial axis 0");
+    assert_refused(&save(dir.path(), "same.onnx", &pool(&[2, 10], "SAME_UPPER", false)), "node `pool`", "spans 10 on spatial axis 1");
+    let fits = save(dir.path(), "fits.onnx", &pool(&[4, 4], "VALID", true));
+    assert!(netless(&["inspect", fits.to_str().unwrap()]).status.success(), "a window as wide as its input is fine");
+    let same = save(dir.path(), "same_fits.onnx", &pool(&[3, 9], "SAME_UPPER", false));
+    assert!(netless(&["inspect", same.to_str().unwrap()]).status.success(), "a window padding can fit is fine");
+}
+
 /// A split whose segment was replaced (plan updated to match) by one the runtime cannot prepare:
 /// `build` refuses it before making any component.
 #[test]

@@ -189,6 +189,24 @@ type Facts = HashMap<String, Fact>;
 /// its int8 weights and the node that widens it).
 const FOLD_LIMIT: u64 = 64 << 10;
 
+/// No tensor may be larger than this (4 GiB): a segment runs in 32-bit WebAssembly, whose memory
+/// holds at most 4 GiB. It also keeps sizes and operation counts far from overflowing, and tract's
+/// preparation (whose tables grow with a map's size) from allocating tens of GiB.
+const MAX_TENSOR_BYTES: u64 = 4 << 30;
+
+/// Refuses a tensor whose shape makes it larger than [`MAX_TENSOR_BYTES`] (a mistyped declared
+/// dimension or `--input-shape`, or a Reshape of a huge constant shape).
+fn check_size(name: &str, dtype: ElemType, shape: &[u64]) -> Result<()> {
+    let bytes = shape.iter().try_fold(dtype.size(), |acc, &d| acc.checked_mul(d));
+    match bytes {
+        Some(bytes) if bytes <= MAX_TENSOR_BYTES => Ok(()),
+        _ => {
+            let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+            Err(Error::ShapeInference(format!("tensor `{name}` would be {dtype}[{}], more than the 4 GiB a WebAssembly segment can hold: check the model's declared shapes and --input-shape", dims.join(", "))))
+        }
+    }
+}
+
 fn infer_facts(model: &OnnxModel, shapes: &InputShapes) -> Result<Facts> {
     let graph = model.graph();
     let dir = model.path.parent().and_then(Path::to_str);
@@ -219,6 +237,7 @@ fn infer_facts(model: &OnnxModel, shapes: &InputShapes) -> Result<Facts> {
         let name = tract_model.node(outlet.node).name.clone();
         let Some(input) = declared.iter().find(|i| i.name == name) else { continue };
         let (dtype, shape) = input_fact(input, shapes)?;
+        check_size(&name, dtype, &shape)?;
         let dt = dtype.to_tract().ok_or_else(|| Error::InputShape {
             input: name.clone(),
             reason: format!("element type {dtype} is not supported"),
@@ -233,9 +252,10 @@ fn infer_facts(model: &OnnxModel, shapes: &InputShapes) -> Result<Facts> {
     for (name, outlet) in &parsed.outlets_by_name {
         let fact = tract_model.outlet_fact(*outlet).map_err(shape_error)?;
         let dtype = fact.datum_type.concretize().and_then(ElemType::from_tract);
-        let shape = fact.shape.concretize().and_then(|dims| dims.iter().map(|d| d.to_i64().ok().map(|v| v as u64)).collect());
+        let shape = fact.shape.concretize().and_then(|dims| dims.iter().map(|d| d.to_i64().ok().map(|v| v as u64)).collect::<Option<Vec<u64>>>());
         match (dtype, shape) {
             (Some(dtype), Some(shape)) => {
+                check_size(name, dtype, &shape)?;
                 facts.insert(name.clone(), Fact { dtype, shape, value: fact.value.concretize() });
             }
             _ => missing.push(name.clone()),
@@ -248,6 +268,7 @@ fn infer_facts(model: &OnnxModel, shapes: &InputShapes) -> Result<Facts> {
                 let Some(label) = typed.outlet_label(OutletId::new(node.id, ix)) else { continue };
                 let shape: Option<Vec<u64>> = output.fact.shape.as_concrete().map(|s| s.iter().map(|&d| d as u64).collect());
                 if let (Some(dtype), Some(shape)) = (ElemType::from_tract(output.fact.datum_type), shape) {
+                    check_size(label, dtype, &shape)?;
                     facts.entry(label.to_string()).or_insert(Fact { dtype, shape, value: None });
                 }
             }

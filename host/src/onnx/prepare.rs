@@ -3,10 +3,13 @@
 //! `plan` and `split` refuse what cannot run) and for every segment (by `split` before it writes, and
 //! by `build` before it assembles a component). A model that passes here is one the runtime can prepare.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, MaxPool, PaddingSpec, PoolSpec, SumPool};
+use tract_onnx::tract_core::ops::logic::IfThenElse;
 
 use super::ElemType;
 use crate::{Error, Result};
@@ -19,11 +22,11 @@ pub fn analyse(model: &mut InferenceModel, what: &str) -> Result<()> {
 /// Types, optimises and plans an analysed model, as the runtime would; `what` names it in errors.
 /// Returns the typed (not yet optimised) model, whose facts name every tensor.
 pub fn typed(model: InferenceModel, what: &str) -> Result<TypedModel> {
-    guarded(what, || {
-        let typed = model.into_typed()?;
-        typed.clone().into_optimized()?.into_runnable()?;
-        Ok(typed)
-    })
+    let names = names_by_output(&model);
+    let typed = guarded(what, || model.into_typed())?;
+    check_windows(&typed, &names, what, &[])?;
+    guarded(what, || typed.clone().into_optimized()?.into_runnable())?;
+    Ok(typed)
 }
 
 /// Prepares a segment's ONNX model exactly as the segment runtime does
@@ -46,9 +49,65 @@ pub fn segment(proto: &ModelProto, what: &str, inputs: &[(&str, ElemType, &[u64]
             let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
             model.set_input_fact(slot, InferenceFact::dt_shape(dt, dims))?;
         }
-        model.into_optimized()?.into_runnable()?;
-        Ok(())
+        Ok((names_by_output(&model), model.into_typed()?))
     })
+    .and_then(|(names, typed)| {
+        check_windows(&typed, &names, what, &[])?;
+        guarded(what, || typed.into_optimized()?.into_runnable().map(|_| ()))
+    })
+}
+
+/// Refuses a pooling or convolution window wider than its input with its padding, in the model and
+/// in its If branches. Such a model is invalid ONNX, and tract lists every position of a window before
+/// it checks: a kernel of 2^31 on a 4x4 map kept it busy for hours.
+/// `names`: the ONNX names of the nodes, by their first output (tract names a typed If `If`).
+fn check_windows(model: &TypedModel, names: &HashMap<String, String>, what: &str, within: &[String]) -> Result<()> {
+    for node in model.nodes() {
+        let op: &dyn TypedOp = node.op.as_ref();
+        let spec = op.downcast_ref::<MaxPool>().map(|p| &p.pool_spec).or_else(|| op.downcast_ref::<SumPool>().map(|p| &p.pool_spec)).or_else(|| op.downcast_ref::<Conv>().map(|c| &c.pool_spec));
+        if let (Some(spec), Some(input)) = (spec, node.inputs.first()) {
+            let shape = model.outlet_fact(*input).map(|f| f.shape.to_tvec()).unwrap_or_default();
+            if let Some(reason) = window_too_wide(spec, &shape) {
+                return Err(Error::Unpreparable { what: what.into(), node: node.name.clone(), within: within.to_vec(), reason });
+            }
+        }
+        if let Some(branches) = op.downcast_ref::<IfThenElse>() {
+            let label = model.outlet_label(OutletId::new(node.id, 0));
+            let name = label.and_then(|l| names.get(l)).unwrap_or(&node.name);
+            let within = [within, &[name.clone()]].concat();
+            check_windows(&branches.then_body, names, what, &within)?;
+            check_windows(&branches.else_body, names, what, &within)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every node's name, by the label of its first output.
+fn names_by_output(model: &InferenceModel) -> HashMap<String, String> {
+    model.nodes().iter().filter_map(|n| Some((model.outlet_label(OutletId::new(n.id, 0))?.to_string(), n.name.clone()))).collect()
+}
+
+/// Why a window does not fit its input (of known spatial size) on some axis, if it does not.
+/// Automatic (SAME) padding fits any window, so there it must span at most twice the input.
+fn window_too_wide(spec: &PoolSpec, shape: &[TDim]) -> Option<String> {
+    let shape = spec.data_format.shape(shape.to_vec()).ok()?;
+    for (axis, (&kernel, dim)) in spec.kernel_shape.iter().zip(shape.hw_dims()).enumerate() {
+        let Some(extent) = dim.to_i64().ok().and_then(|v| usize::try_from(v).ok()) else { continue };
+        let dilation = spec.dilations.as_ref().and_then(|d| d.get(axis).copied()).unwrap_or(1);
+        let field = kernel.saturating_sub(1).saturating_mul(dilation).saturating_add(1);
+        let (room, padding) = match &spec.padding {
+            PaddingSpec::Explicit(before, after) | PaddingSpec::ExplicitOnnxPool(before, after, _) => {
+                let (b, a) = (before.get(axis).copied().unwrap_or(0), after.get(axis).copied().unwrap_or(0));
+                (extent.saturating_add(b).saturating_add(a), format!("with its padding {b} + {a}"))
+            }
+            PaddingSpec::Valid => (extent, "with no padding".to_string()),
+            PaddingSpec::SameUpper | PaddingSpec::SameLower => (extent.saturating_mul(2).saturating_add(1), "twice over, with automatic padding".to_string()),
+        };
+        if field > room {
+            return Some(format!("its window spans {field} on spatial axis {axis} (kernel {kernel}, dilation {dilation}), more than its input's {extent} {padding}"));
+        }
+    }
+    None
 }
 
 /// Runs a tract step, turning its error (or panic) into [`Error::Unpreparable`] naming the node.
