@@ -16,6 +16,8 @@
 //! - `NETLESS_FUZZ_SEED`: the random seed (default: from the clock; printed either way).
 //! - `NETLESS_FUZZ_CRASHES`: where crashing inputs are written (default: the temp folder).
 //! - `NETLESS_FUZZ_REPORT`: a file to which one JSON line per run is appended.
+//! - `NETLESS_FUZZ_LAST`: a file to which every input is written before it runs, to keep the input
+//!   that aborts the process (an allocation failure, which no panic hook sees).
 #![deny(missing_docs)]
 
 pub mod mutate;
@@ -101,7 +103,8 @@ pub fn fuzz(target: Target<'_>, exec: impl FnMut(&[u8]) -> Result<(), String>) -
 pub fn fuzz_for(target: Target<'_>, budget: Duration, exec: impl FnMut(&[u8]) -> Result<(), String>) -> Report {
     install_quiet_hook();
     let seed = std::env::var("NETLESS_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(clock_seed);
-    let watchdog = Watchdog { running: Mutex::new(None), done: AtomicBool::new(false), limit: time_limit() };
+    let last = std::env::var_os("NETLESS_FUZZ_LAST").map(PathBuf::from);
+    let watchdog = Watchdog { running: Mutex::new(None), done: AtomicBool::new(false), limit: time_limit(), last };
     let (name, corpus) = (target.name, target.corpus.clone());
     std::thread::scope(|scope| {
         scope.spawn(|| watchdog.watch(name, &corpus, seed));
@@ -167,6 +170,7 @@ struct Watchdog {
     running: Mutex<Option<(Instant, Vec<u8>)>>,
     done: AtomicBool,
     limit: Duration,
+    last: Option<PathBuf>,
 }
 
 /// Ends the watch when the run ends, by returning or by a crash's panic.
@@ -180,6 +184,9 @@ impl Drop for Stop<'_> {
 
 impl Watchdog {
     fn start(&self, input: &[u8]) {
+        if let Some(last) = &self.last {
+            let _ = std::fs::write(last, input);
+        }
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), input.to_vec()));
     }
 
@@ -376,5 +383,31 @@ mod tests {
         let written: Vec<Vec<u8>> = std::fs::read_dir(&crashes).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("hang-test-timeout-")).map(|e| std::fs::read(e.path()).unwrap()).collect();
         assert!(written.len() == 1 && written[0].windows(2).any(|w| w == b"zz"), "the hanging input is kept: {written:?}");
         let _ = std::fs::remove_dir_all(&crashes);
+    }
+
+    /// Runs itself in a child process, which aborts as an allocation failure does.
+    #[test]
+    fn the_input_that_aborts_the_process_is_kept_in_the_last_file() {
+        let last = std::env::temp_dir().join(format!("netless-fuzz-last-test-{}", std::process::id()));
+        if std::env::var_os("NETLESS_FUZZ_SELF_TEST_ABORT").is_some() {
+            let target = Target { name: "abort-test", corpus: last.join("corpus"), seeds: vec![b"ab".to_vec()], dictionary: &[b"zz"], mutators: vec![] };
+            fuzz_for(target, Duration::from_secs(20), |input| {
+                if input.windows(2).any(|w| w == b"zz") {
+                    std::process::abort();
+                }
+                Ok(())
+            });
+            return;
+        }
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::the_input_that_aborts_the_process_is_kept_in_the_last_file", "--nocapture"])
+            .env("NETLESS_FUZZ_SELF_TEST_ABORT", "1")
+            .env("NETLESS_FUZZ_LAST", &last)
+            .output()
+            .unwrap();
+        assert!(!child.status.success(), "the child aborted");
+        let kept = std::fs::read(&last).unwrap();
+        assert!(kept.windows(2).any(|w| w == b"zz"), "the aborting input is kept: {kept:?}");
+        let _ = std::fs::remove_file(&last);
     }
 }
