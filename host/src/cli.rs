@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use netless::onnx::{Graph, OnnxModel};
 use netless::calibrate;
 use netless::package::artifacts;
@@ -62,9 +62,27 @@ enum Command {
         #[command(flatten)]
         costs: CostArgs,
     },
-    /// Print the partition `split` would write, without writing anything.
-    Plan(PlanArgs),
+    /// Print the partition `split` would write, without writing anything; with --sweep, what a
+    /// range of limits would give.
+    #[command(group(ArgGroup::new("limit").required(true).args(["max_memory", "sweep"])))]
+    Plan {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Plan under limits from LOW to HIGH (e.g. 16MiB..256MiB) and print, for each, the functions,
+        /// stages, largest budget and the latency and throughput estimates: the trade-off a limit
+        /// chooses from.
+        #[arg(long, value_name = "LOW..HIGH", value_parser = parse_range, conflicts_with = "segments")]
+        sweep: Option<(u64, u64)>,
+        /// How many limits --sweep tries, evenly spaced on a log scale from LOW to HIGH.
+        #[arg(long, default_value_t = 9, requires = "sweep", value_parser = clap::value_parser!(u64).range(2..=64))]
+        points: u64,
+        /// Also draw the split as one self-contained HTML page: the graph coloured by stage, every
+        /// function's budget against the limit, the bytes crossing each boundary.
+        #[arg(long, value_name = "OUT.html", conflicts_with = "sweep")]
+        html: Option<PathBuf>,
+    },
     /// Split a model into segment ONNX files and a plan.json.
+    #[command(group(ArgGroup::new("limit").required(true).args(["max_memory"])))]
     Split {
         #[command(flatten)]
         plan: PlanArgs,
@@ -389,7 +407,7 @@ struct PlanArgs {
     model: PathBuf,
     /// Memory limit of one segment (e.g. 64MiB, 512MB, 1GiB).
     #[arg(long, value_parser = parse_size)]
-    max_memory: u64,
+    max_memory: Option<u64>,
     /// Exactly this many segments (default: whatever the objective prefers).
     #[arg(long)]
     segments: Option<usize>,
@@ -409,7 +427,12 @@ struct PlanArgs {
 }
 
 impl PlanArgs {
+    /// The options under `--max-memory` (which the command's arguments require).
     fn options(&self) -> anyhow::Result<SplitOptions> {
+        self.options_under(self.max_memory.context("--max-memory is required")?)
+    }
+
+    fn options_under(&self, max_memory: u64) -> anyhow::Result<SplitOptions> {
         let memory = match &self.memory_model {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -419,7 +442,7 @@ impl PlanArgs {
         };
         Ok(SplitOptions {
             request: Request {
-                max_memory: self.max_memory,
+                max_memory,
                 segments: self.segments,
                 objective: self.objective,
                 max_segments: self.max_segments,
@@ -451,6 +474,51 @@ fn parse_size(s: &str) -> Result<u64, String> {
         return Err("the memory limit must be above zero".into());
     }
     Ok(size.as_u64())
+}
+
+/// `LOW..HIGH`: two sizes, the first below the second.
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (low, high) = s.split_once("..").ok_or_else(|| format!("`{s}` is not a range like 16MiB..256MiB"))?;
+    let (low, high) = (parse_size(low)?, parse_size(high)?);
+    if low >= high {
+        return Err(format!("`{s}`: the range must go from a smaller limit to a larger one"));
+    }
+    Ok((low, high))
+}
+
+/// `points` limits from `low` to `high`, evenly spaced on a log scale, rounded to whole KiB.
+fn sweep_limits(low: u64, high: u64, points: u64) -> Vec<u64> {
+    let ratio = (high as f64 / low as f64).powf(1.0 / (points - 1) as f64);
+    let mut limits: Vec<u64> = (0..points).map(|i| ((low as f64 * ratio.powi(i as i32) / 1024.0).round() as u64 * 1024).clamp(low, high)).collect();
+    limits.dedup();
+    limits
+}
+
+/// One line per limit of a sweep: what its plan needs and how fast it is estimated to be.
+fn print_sweep(model: &Path, plans: &[(u64, netless::Result<Plan>)]) -> anyhow::Result<()> {
+    println!("{}: {} limits from {} to {}", model.display(), plans.len(), mib(plans[0].0), mib(plans[plans.len() - 1].0));
+    println!("{:>12} {:>9} {:>6} {:>6} {:>14} {:>11} {:>13} {:>12} {:>14}", "limit", "functions", "stages", "groups", "largest budget", "latency ms", "slowest st. ms", "throughput/s", "bytes between");
+    for (limit, plan) in plans {
+        match plan {
+            Ok(plan) => println!(
+                "{:>12} {:>9} {:>6} {:>6} {:>14} {:>11.2} {:>13.2} {:>12.1} {:>14}",
+                mib(*limit),
+                plan.segments.len(),
+                plan.stages.len(),
+                plan.stages.iter().filter(|s| s.group.is_some()).count(),
+                mib(plan.segments.iter().map(|s| s.estimated_memory).max().unwrap_or(0)),
+                plan.latency_seconds * 1e3,
+                plan.slowest_stage_seconds * 1e3,
+                1.0 / plan.slowest_stage_seconds.max(f64::MIN_POSITIVE),
+                plan.boundaries.iter().map(|b| b.bytes).sum::<u64>()
+            ),
+            Err(netless::Error::NodeTooLarge { node, op, needed, smallest, .. }) => {
+                println!("{:>12} no plan: node `{}` ({op}) alone needs {}; the smallest limit that works is {}", mib(*limit), truncate(node, 40), mib(*needed), mib(*smallest))
+            }
+            Err(e) => println!("{:>12} no plan: {e}", mib(*limit)),
+        }
+    }
+    Ok(())
 }
 
 /// `NAME=D1,D2,...`, or `NAME=` / `NAME=scalar` for a rank-0 input.
@@ -500,9 +568,18 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect { model, shapes, costs } => inspect(&model, &shapes, &costs),
-        Command::Plan(args) => {
+        Command::Plan { plan: args, sweep: Some((low, high)), points, .. } => {
+            let limits = sweep_limits(low, high, points);
+            let plans = Split::sweep(&args.model, &args.options_under(low)?, &limits)?;
+            print_sweep(&args.model, &plans)
+        }
+        Command::Plan { plan: args, sweep: None, html, .. } => {
             let split = Split::new(&args.model, &args.options()?)?;
             print_plan(&split.plan)?;
+            if let Some(path) = html {
+                std::fs::write(&path, netless::picture::html(&split)).with_context(|| format!("writing {}", path.display()))?;
+                println!("drew the split in {}", path.display());
+            }
             Ok(())
         }
         Command::Split { plan, out } => {

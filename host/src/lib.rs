@@ -16,6 +16,7 @@ pub mod error;
 pub mod native;
 pub mod npy;
 pub mod onnx;
+pub mod picture;
 pub mod package;
 pub mod pipeline;
 pub mod plan;

@@ -1,4 +1,5 @@
-//! Progress bars for long work (loading and writing large models), drawn only on a terminal.
+//! Progress bars for long work (loading and writing large models, planning a sweep), drawn only on a
+//! terminal.
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -10,6 +11,14 @@ pub fn bytes(len: u64, what: &str) -> ProgressBar {
             .expect("static template")
             .progress_chars("=> "),
     );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// A step-counting progress bar labelled with what is being done.
+pub fn steps(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(ProgressStyle::with_template("{msg:>12} [{bar:32}] {pos}/{len} {elapsed}").expect("static template").progress_chars("=> "));
     bar.set_message(what.to_string());
     bar
 }

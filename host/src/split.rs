@@ -49,12 +49,29 @@ impl Split {
     pub fn new(path: &Path, options: &SplitOptions) -> Result<Split> {
         let model = OnnxModel::load(path)?;
         let graph = Graph::analyse(&model, &options.input_shapes)?;
-        let planned = plan::plan(&graph, &options.request, &options.memory, &options.cost)?;
-        let units = dag::units(&graph, &planned, &options.memory, options.request.max_memory)?;
-        let plan = describe(&model, &graph, &planned, &units, options);
+        let (planned, units, plan) = partition(&model, &graph, options)?;
         let split = Split { model, graph, planned, units, plan };
         split.check_units()?;
         Ok(split)
+    }
+
+    /// Plans the model under each of `limits` in turn, analysing it once: the plan each limit gives
+    /// (as `plan` prints it, its segments not prepared), or why none fits under it.
+    pub fn sweep(path: &Path, options: &SplitOptions, limits: &[u64]) -> Result<Vec<(u64, Result<Plan>)>> {
+        let model = OnnxModel::load(path)?;
+        let graph = Graph::analyse(&model, &options.input_shapes)?;
+        let bar = crate::progress::steps(limits.len() as u64, "planning");
+        let plans = limits
+            .iter()
+            .map(|&max_memory| {
+                let options = SplitOptions { request: Request { max_memory, ..options.request.clone() }, ..options.clone() };
+                let plan = partition(&model, &graph, &options).map(|(_, _, plan)| plan);
+                bar.inc(1);
+                (max_memory, plan)
+            })
+            .collect();
+        bar.finish_and_clear();
+        Ok(plans)
     }
 
     /// Prepares every function's model (segments, shards, joins) as the runtime will, so that a
@@ -87,6 +104,14 @@ impl Split {
         emit::write_folder(out, &files)?;
         Ok(plan)
     }
+}
+
+/// The partition of an analysed model, its functions, and the plan file describing them.
+fn partition(model: &OnnxModel, graph: &Graph, options: &SplitOptions) -> Result<(Planned, Vec<Unit>, Plan)> {
+    let planned = plan::plan(graph, &options.request, &options.memory, &options.cost)?;
+    let units = dag::units(graph, &planned, &options.memory, options.request.max_memory)?;
+    let plan = describe(model, graph, &planned, &units, options);
+    Ok((planned, units, plan))
 }
 
 fn describe(model: &OnnxModel, graph: &Graph, planned: &Planned, units: &[Unit], options: &SplitOptions) -> Plan {

@@ -10,6 +10,7 @@ mod fuzz;
 mod memory_bounds;
 mod onnx_builder;
 mod partition_dp;
+mod picture;
 mod pipeline;
 mod push;
 mod runtime;
