@@ -268,6 +268,9 @@ struct UpArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
+    /// Also serve OIP over gRPC (`inference.GRPCInferenceService`, as Triton on 8001) on this address.
+    #[arg(long, conflicts_with = "spin")]
+    grpc_listen: Option<std::net::SocketAddr>,
     /// The pipeline's model name (default: the model's file stem); segments are NAME-seg-I.
     #[arg(long)]
     name: Option<String>,
@@ -350,6 +353,9 @@ struct GatewayArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
+    /// Also serve OIP over gRPC (`inference.GRPCInferenceService`) on this address.
+    #[arg(long)]
+    grpc_listen: Option<std::net::SocketAddr>,
     /// The pipeline's model name, which the workers must share.
     #[arg(long)]
     name: Option<String>,
@@ -967,9 +973,9 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         let plan = Plan::load(&prepared.dir)?;
         let mut pool = netless::serve::workers::WorkerPool::default();
         let replicas = pool.start(&std::env::current_exe()?, &prepared.dir, plan.segments.len(), workers as usize, &options)?;
-        return serve_service(Service::gateway(&prepared.dir, replicas, args.hop_timeout, options)?, args.listen);
+        return serve_service(Service::gateway(&prepared.dir, replicas, args.hop_timeout, options)?, args.listen, args.grpc_listen);
     }
-    serve_service(Service::load(&engine, &prepared.dir, options)?, args.listen)
+    serve_service(Service::load(&engine, &prepared.dir, options)?, args.listen, args.grpc_listen)
 }
 
 fn up_spin(manifest: &Path, args: &UpArgs) -> anyhow::Result<()> {
@@ -1013,7 +1019,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         pipelining: true,
         only_segments: None,
     };
-    serve_service(Service::gateway(&args.dir, replicas, args.hop_timeout, options)?, args.listen)
+    serve_service(Service::gateway(&args.dir, replicas, args.hop_timeout, options)?, args.listen, args.grpc_listen)
 }
 
 fn init_logs() {
@@ -1021,21 +1027,44 @@ fn init_logs() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-/// Serves until Ctrl-C or SIGTERM, printing the address first (tests and scripts read it).
-fn serve_service(service: netless::serve::Service, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+/// Serves until Ctrl-C or SIGTERM (REST, and gRPC on `grpc` if given), printing the addresses
+/// first (tests and scripts read them).
+fn serve_service(service: netless::serve::Service, listen: std::net::SocketAddr, grpc: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let listener = tokio.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
+    let grpc = grpc.map(|at| tokio.block_on(tokio::net::TcpListener::bind(at)).with_context(|| format!("listening for gRPC on {at}"))).transpose()?;
     let names: Vec<&str> = service.models().iter().map(|m| m.name.as_str()).collect();
     // A closed stdout (a parent that read the address and left) must not stop the server.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "serving {} on http://{addr}: models {}", service.name(), names.join(", "));
+    if let Some(grpc) = &grpc {
+        let _ = writeln!(out, "serving OIP over gRPC on {}", grpc.local_addr()?);
+    }
     if let Some(first) = names.first() {
         let _ = writeln!(out, "try: curl http://{addr}/v2/models/{first}");
     }
     let _ = out.flush();
     drop(out);
-    tokio.block_on(netless::serve::serve(std::sync::Arc::new(service), listener, shutdown_signal()))?;
+    let service = std::sync::Arc::new(service);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let on_stop = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|&s| s).await;
+        }
+    };
+    tokio.spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    tokio.block_on(async {
+        let rest = netless::serve::serve(service.clone(), listener, on_stop());
+        match grpc {
+            Some(grpc) => tokio::try_join!(rest, netless::serve::serve_grpc(service.clone(), grpc, on_stop())).map(|_| ()),
+            None => rest.await,
+        }
+    })?;
     eprintln!("stopped");
     Ok(())
 }

@@ -103,7 +103,8 @@ pub fn datatype(dtype: DType) -> &'static str {
     }
 }
 
-fn parse_datatype(name: &str) -> Option<DType> {
+/// The tensor type an OIP datatype name (`FP32`, `INT64`...) names.
+pub fn parse_datatype(name: &str) -> Option<DType> {
     [
         DType::Boolean,
         DType::U8,

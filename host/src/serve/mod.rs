@@ -8,6 +8,7 @@
 
 mod error;
 mod function;
+mod grpc;
 mod http;
 pub mod metrics;
 pub use netless_oip as oip;
@@ -461,6 +462,13 @@ pub async fn serve(service: Arc<Service>, listener: tokio::net::TcpListener, shu
         .await;
     reaper.abort();
     result
+}
+
+/// Serves `service` over gRPC (OIP's `inference.GRPCInferenceService`) on `listener` until
+/// `shutdown` completes, beside [`serve`] on its own port.
+pub async fn serve_grpc(service: Arc<Service>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let router = tonic::service::Routes::new(grpc::server(service)).prepare().into_axum_router();
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
 async fn reclaim_idle(service: Arc<Service>) {
