@@ -36,6 +36,7 @@ macro_rules! eprintln {
     }};
 }
 
+mod components;
 mod distribute;
 
 /// Writing to stdout failed.
@@ -45,7 +46,7 @@ pub struct Stdout(pub std::io::Error);
 
 /// Split ONNX models into segments that fit a serverless function's memory limit, and run them as one pipeline.
 #[derive(Parser)]
-#[command(name = "netless", version, about)]
+#[command(name = "netless", version, long_version = env!("NETLESS_LONG_VERSION"), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -831,11 +832,15 @@ fn build_spin(dir: &Path, plan: &Plan, args: &SpinBuildArgs) -> anyhow::Result<n
     Ok(spin_app::build(dir, plan, &http, &gateway, extra.as_ref().map(|(p, o)| (*p, o)))?)
 }
 
-/// A guest component: from `env`, else in the wasm32-wasip2 release folder of the build this binary
-/// belongs to (`target/debug/netless` -> `target/wasm32-wasip2/release/NAME`).
+/// A guest component: from `env`, else the copy built into this binary (written once to the cache),
+/// else in the wasm32-wasip2 release folder of the build this binary belongs to
+/// (`target/debug/netless` -> `target/wasm32-wasip2/release/NAME`).
 fn component_path(env: &str, name: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env) {
         return PathBuf::from(path);
+    }
+    if let Some(path) = components::extracted(name, &cache_root().join("components")) {
+        return path;
     }
     let exe = std::env::current_exe().ok();
     let target = exe.as_deref().and_then(|e| e.parent()).and_then(|p| p.parent());

@@ -7,6 +7,7 @@ mod deploy;
 mod distributed;
 mod early_errors;
 mod fuzz;
+mod install;
 mod memory_bounds;
 mod onnx_builder;
 mod partition_dp;
