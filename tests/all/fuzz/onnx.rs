@@ -157,10 +157,8 @@ fn pick_node<'a>(graph: &'a mut GraphProto, rng: &mut Rng) -> Option<&'a mut Nod
     (n > 0).then(|| &mut graph.node[rng.below(n)])
 }
 
-/// Ignored in the normal run: a mutated model made tract's analysis run for minutes (found in this
-/// session, not yet reduced); run with `--ignored` and a budget.
+/// ONNX files through loading and tract's whole analysis and preparation.
 #[test]
-#[ignore = "tract can run for minutes on a mutated model; run with --ignored"]
 fn onnx_models() {
     let mut seeds: Vec<Vec<u8>> = seeds().iter().map(Message::encode_to_vec).collect();
     if let Some(small) = crate::common::model("mtcnn_pnet.onnx") {
