@@ -59,6 +59,9 @@ impl OnnxModel {
         if graph.output.is_empty() {
             return Err(not_onnx("its graph has no outputs".into()));
         }
+        if let Some(reason) = oversized_window(graph) {
+            return Err(not_onnx(reason));
+        }
         Ok(OnnxModel {
             path: path.to_owned(),
             sha256: hex(&Sha256::digest(bytes)),
@@ -121,4 +124,26 @@ fn read_external(path: &Path, dir: &Path, tensor: &TensorProto) -> Result<Vec<u8
         bad(format!("range {offset}+{length} is past the end of {} ({} bytes)", file.display(), data.len()))
     })?;
     Ok(data[offset as usize..end as usize].to_vec())
+}
+
+/// Most positions a pooling or convolution window may have (4096 x 4096). tract lists every position
+/// while it prepares a node, before anything checks the window against its input (and while it folds a
+/// node on constants, before NetLess sees the typed model): a kernel of 2^31 kept it busy for hours.
+const MAX_WINDOW: u64 = 1 << 24;
+
+/// Why a node's `kernel_shape`, in the graph or a subgraph, cannot be prepared, if one cannot.
+fn oversized_window(graph: &GraphProto) -> Option<String> {
+    for node in &graph.node {
+        if let Some(kernel) = node.attribute.iter().find(|a| a.name == "kernel_shape") {
+            let positions = kernel.ints.iter().try_fold(1u64, |n, &d| u64::try_from(d).ok().filter(|&d| d > 0).and_then(|d| n.checked_mul(d)));
+            if !positions.is_some_and(|p| p <= MAX_WINDOW) {
+                let name = if node.name.is_empty() { node.output.first().map(String::as_str).unwrap_or_default() } else { &node.name };
+                return Some(format!("node `{name}` ({}) has kernel_shape {:?}: a window needs dimensions above 0 and at most {MAX_WINDOW} positions", node.op_type, kernel.ints));
+            }
+        }
+        if let Some(reason) = node.attribute.iter().flat_map(|a| a.g.iter().chain(&a.graphs)).find_map(oversized_window) {
+            return Some(reason);
+        }
+    }
+    None
 }
