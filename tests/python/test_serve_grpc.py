@@ -58,7 +58,8 @@ def test_grpc_health_metadata_and_inference_match_native_tract_and_onnxruntime(b
         client = server.client
         assert client.is_server_live() and client.is_server_ready()
         assert client.is_model_ready(NAME) and client.is_model_ready(f"{NAME}-seg-1")
-        assert client.get_server_metadata().name == "netless"
+        server_metadata = client.get_server_metadata()
+        assert server_metadata.name == "netless" and re.fullmatch(r"\d+\.\d+\.\d+", server_metadata.version), server_metadata
         metadata = client.get_model_metadata(NAME)
         assert [(i.name, i.datatype, list(i.shape)) for i in metadata.inputs] == [("x", "FP32", list(SHAPE))]
         output = metadata.outputs[0].name

@@ -37,14 +37,7 @@ pub struct Grpc(Arc<Service>);
 
 impl Grpc {
     fn find(&self, name: &str, version: &str) -> Result<&Served, Status> {
-        let model = self.0.model(name).ok_or_else(|| {
-            let known: Vec<&str> = self.0.models().iter().map(|m| m.name.as_str()).collect();
-            Status::not_found(format!("unknown model `{name}`; this server serves {}", known.join(", ")))
-        })?;
-        match version {
-            "" | oip::rest::VERSION => Ok(model),
-            v => Err(Status::not_found(format!("model `{name}` has no version `{v}`; it serves version {}", oip::rest::VERSION))),
-        }
+        self.0.find(name, Some(version).filter(|v| !v.is_empty())).map_err(status)
     }
 }
 
@@ -65,7 +58,7 @@ impl GrpcInferenceService for Grpc {
     }
 
     async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
-        Ok(Response::new(ServerMetadataResponse { name: "netless".into(), version: VERSION.into(), extensions: vec!["binary_tensor_data".into()] }))
+        Ok(Response::new(ServerMetadataResponse { name: "netless".into(), version: env!("CARGO_PKG_VERSION").into(), extensions: vec!["binary_tensor_data".into()] }))
     }
 
     async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
@@ -73,7 +66,7 @@ impl GrpcInferenceService for Grpc {
         let model = self.find(&request.name, &request.version)?;
         Ok(Response::new(ModelMetadataResponse {
             name: model.name.clone(),
-            versions: vec![oip::rest::VERSION.into()],
+            versions: vec![VERSION.into()],
             platform: "netless_wasm".into(),
             inputs: metadata(&model.inputs),
             outputs: metadata(&model.outputs),
@@ -99,7 +92,7 @@ impl GrpcInferenceService for Grpc {
                 (InferOutputTensor { name: t.name, datatype: oip::datatype(t.dtype).into(), shape, parameters: Default::default(), contents: None }, t.data)
             })
             .unzip();
-        Ok(Response::new(ModelInferResponse { model_name: model.name, model_version: oip::rest::VERSION.into(), id, parameters: Default::default(), outputs, raw_output_contents: raw }))
+        Ok(Response::new(ModelInferResponse { model_name: model.name, model_version: VERSION.into(), id, parameters: Default::default(), outputs, raw_output_contents: raw }))
     }
 }
 

@@ -62,15 +62,7 @@ async fn server_ready(State(service): Shared) -> Response {
 
 /// The model a path names, with its version checked.
 fn find<'a>(service: &'a Service, params: &HashMap<String, String>) -> Result<&'a Served, ServeError> {
-    let name = params.get("model").map(String::as_str).unwrap_or_default();
-    let model = service.model(name).ok_or_else(|| {
-        let known: Vec<&str> = service.models().iter().map(|m| m.name.as_str()).collect();
-        ServeError::NotFound(format!("unknown model `{name}`; this server serves {}", known.join(", ")))
-    })?;
-    match params.get("version") {
-        Some(v) if v != VERSION => Err(ServeError::NotFound(format!("model `{name}` has no version `{v}`; it serves version {VERSION}"))),
-        _ => Ok(model),
-    }
+    service.find(params.get("model").map(String::as_str).unwrap_or_default(), params.get("version").map(String::as_str))
 }
 
 fn tensor_metadata(specs: &[TensorSpec]) -> Vec<serde_json::Value> {

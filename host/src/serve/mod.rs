@@ -203,6 +203,18 @@ impl Service {
         self.models.iter().find(|m| m.name == name)
     }
 
+    /// The model called `name`, with `version` checked if given; otherwise a 404 naming what is served.
+    pub fn find(&self, name: &str, version: Option<&str>) -> Result<&Served, ServeError> {
+        let model = self.model(name).ok_or_else(|| {
+            let known: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+            ServeError::NotFound(format!("unknown model `{name}`; this server serves {}", known.join(", ")))
+        })?;
+        match version {
+            Some(v) if v != metrics::VERSION => Err(ServeError::NotFound(format!("model `{name}` has no version `{v}`; it serves version {}", metrics::VERSION))),
+            _ => Ok(model),
+        }
+    }
+
     /// Runs an inference request on `model`; returns the outputs to send, each with whether it
     /// goes as binary data, and records the request in the metrics.
     pub async fn infer(&self, model: &Served, id: &str, request: InferRequest) -> Result<Vec<(Tensor, bool)>, ServeError> {
