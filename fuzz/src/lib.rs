@@ -246,17 +246,23 @@ fn install_quiet_hook() {
     });
 }
 
-/// A verdict's kind: its message with numbers and quoted names stripped, so that inputs differing
-/// only in a value do not count as new.
+/// A verdict's kind: the first line of its message with numbers and quoted text stripped, so that
+/// inputs differing only in a value do not count as new. Quotes are backticks, double quotes (with
+/// backslash escapes) and single quotes opening a word (not an apostrophe).
 fn signature(verdict: &Result<(), String>) -> String {
     let Err(message) = verdict else { return "ok".into() };
+    let line = message.lines().next().unwrap_or_default();
     let mut out = String::new();
     let mut quoted = None;
-    for c in message.chars().take(200) {
+    let mut escaped = false;
+    let mut previous = ' ';
+    for c in line.chars() {
         match quoted {
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
             Some(q) if c == q => quoted = None,
             Some(_) => {}
-            None if c == '`' || c == '"' => {
+            None if c == '`' || c == '"' || (c == '\'' && !previous.is_alphanumeric()) => {
                 quoted = Some(c);
                 out.push(c);
             }
@@ -266,6 +272,10 @@ fn signature(verdict: &Result<(), String>) -> String {
                 }
             }
             None => out.push(c),
+        }
+        previous = c;
+        if out.len() >= 200 {
+            break;
         }
     }
     out
@@ -338,6 +348,9 @@ mod tests {
     fn verdicts_differing_in_numbers_and_names_are_one() {
         assert_eq!(signature(&Err("input `x`: shape [3, 4] needs 12".into())), signature(&Err("input `yy`: shape [1] needs 7".into())));
         assert_ne!(signature(&Err("missing input `x`".into())), signature(&Err("unknown input `x`".into())));
+        assert_eq!(signature(&Err(r#"invalid type: string "a\"b", expected map"#.into())), signature(&Err(r#"invalid type: string "c", expected map"#.into())));
+        assert_eq!(signature(&Err("bad descriptor ('<f4'); can't read\n1| {'descr': '<f4'}".into())), signature(&Err("bad descriptor ('>i8'); can't read\n1| {'shape': ()}".into())));
+        assert_ne!(signature(&Err("can't read the header".into())), signature(&Err("can't read the data".into())));
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<InferRequest,
             (Some(size), None) => {
                 let size = size
                     .as_u64()
-                    .ok_or_else(|| format!("input `{}`: binary_data_size {size} is not a byte count", input.name))?;
+                    .ok_or_else(|| format!("input `{}`: binary_data_size {:?} is not a byte count", input.name, size.to_string()))?;
                 if Some(size) != expected {
                     return Err(format!(
                         "input `{}`: binary_data_size is {size} bytes, but {:?} of {} needs {}",

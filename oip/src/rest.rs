@@ -65,21 +65,21 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, Refusal> {
         ["v2", "models", name, rest @ ..] => {
             let rest = match rest {
                 ["versions", v, rest @ ..] if *v == VERSION => rest,
-                ["versions", v, ..] => return Err(Refusal::new(404, format!("model `{name}` has no version `{v}`; it serves version {VERSION}"))),
+                ["versions", v, ..] => return Err(Refusal::new(404, format!("model {name:?} has no version {v:?}; it serves version {VERSION}"))),
                 rest => rest,
             };
             match rest {
                 [] => (Route::Metadata(name), "GET"),
                 ["ready"] => (Route::ModelReady(name), "GET"),
                 ["infer"] => (Route::Infer(name), "POST"),
-                _ => return Err(Refusal::new(404, format!("no route for {path}"))),
+                _ => return Err(Refusal::new(404, format!("no route for {path:?}"))),
             }
         }
-        _ => return Err(Refusal::new(404, format!("no route for {path}"))),
+        _ => return Err(Refusal::new(404, format!("no route for {path:?}"))),
     };
     match method == wanted {
         true => Ok(route),
-        false => Err(Refusal::new(405, format!("{path} takes {wanted}, not {method}"))),
+        false => Err(Refusal::new(405, format!("{path:?} takes {wanted}, not {method:?}"))),
     }
 }
 

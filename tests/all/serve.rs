@@ -257,7 +257,7 @@ fn bad_requests_get_their_status_and_the_server_keeps_serving() {
         ("header past the end", infer.clone(), good.clone(), Some(good.len() + 1), 400, "Inference-Header-Content-Length"),
         ("unknown output", infer.clone(), unknown_output.clone(), Some(unknown_output_header), 400, "unknown output `nope`"),
         ("unknown model", format!("{url}/v2/models/nope/infer"), good.clone(), Some(header), 404, "unknown model `nope`"),
-        ("unknown version", format!("{url}/v2/models/{MODEL}/versions/9/infer"), good.clone(), Some(header), 404, "no version `9`"),
+        ("unknown version", format!("{url}/v2/models/{MODEL}/versions/9/infer"), good.clone(), Some(header), 404, "no version \"9\""),
         ("unknown route", format!("{url}/v2/repository/index"), vec![], None, 404, "no route"),
     ];
     for (what, url, body, header_length, status, message) in cases {

@@ -37,7 +37,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .route("/metrics", get(|State(s): Shared| async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics()) }))
-        .fallback(|method: Method, uri: Uri| async move { ServeError::NotFound(format!("no route for {method} {uri}")) })
+        .fallback(|method: Method, uri: Uri| async move { ServeError::NotFound(format!("no route for {method} {:?}", uri.to_string())) })
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             let body = Json(json!({ "error": format!("{method} is not allowed on {uri}") }));
             (StatusCode::METHOD_NOT_ALLOWED, body)

@@ -210,7 +210,7 @@ impl Service {
             ServeError::NotFound(format!("unknown model `{name}`; this server serves {}", known.join(", ")))
         })?;
         match version {
-            Some(v) if v != metrics::VERSION => Err(ServeError::NotFound(format!("model `{name}` has no version `{v}`; it serves version {}", metrics::VERSION))),
+            Some(v) if v != metrics::VERSION => Err(ServeError::NotFound(format!("model {name:?} has no version {v:?}; it serves version {}", metrics::VERSION))),
             _ => Ok(model),
         }
     }

@@ -54,7 +54,7 @@ fn npy_inputs() {
                     assert_eq!(tensor.len(), elements, "a read tensor holds its shape's elements");
                     return Ok(());
                 }
-                Err(e) => refused.push(e.to_string()),
+                Err(e) => refused.push(e.to_string().lines().next().unwrap_or_default().to_string()),
             }
         }
         Err(refused.join("; "))

@@ -337,11 +337,11 @@ async fn dispatch(Axum(app): Axum<Arc<SpinApp>>, request: Request<Body>) -> Resp
             "health" => "OK".into_response(),
             "info" => axum::Json(serde_json::json!({ "name": app.name, "version": app.version })).into_response(),
             "metrics" => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics()).into_response(),
-            _ => (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": format!("no route for {path}") }))).into_response(),
+            _ => (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": format!("no route for {path:?}") }))).into_response(),
         };
     }
     let Some(id) = app.route(&path).map(str::to_string) else {
-        return (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": format!("no route for {path}") }))).into_response();
+        return (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": format!("no route for {path:?}") }))).into_response();
     };
     let (parts, body) = request.into_parts();
     let body = match super::http::read_body(&parts.headers, body, app.max_body).await {
