@@ -46,7 +46,9 @@ impl NativeModel {
                 (o.name.clone(), ElemType::from_onnx(code).unwrap_or(ElemType::F32))
             })
             .collect();
-        let runnable = model.into_optimized().map_err(fail)?.into_runnable().map_err(fail)?;
+        let mut model = model.into_optimized().map_err(fail)?;
+        netless_checks::wrap(&mut model);
+        let runnable = model.into_runnable().map_err(fail)?;
         Ok(NativeModel { what: what.into(), runnable, inputs: ordered, outputs })
     }
 

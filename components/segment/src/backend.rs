@@ -91,7 +91,7 @@ impl Prepared {
             }
         }
         let mut model = crate::optimize::optimize(model).map_err(unsupported)?;
-        crate::checked::wrap(&mut model);
+        netless_checks::wrap(&mut model);
         let plan = model
             .into_runnable()
             .map_err(unsupported)?;
@@ -190,8 +190,8 @@ fn internal(e: tract_onnx::prelude::TractError) -> Error {
 
 /// A run's failure: the caller's fault when an index it gave is out of range, else internal.
 fn run_error(e: tract_onnx::prelude::TractError) -> Error {
-    match e.chain().find_map(|cause| cause.downcast_ref::<crate::checked::OutOfRange>()) {
-        Some(out_of_range) => Error::InvalidInput(out_of_range.to_string()),
+    match e.chain().find_map(|cause| cause.downcast_ref::<netless_checks::BadIndices>()) {
+        Some(bad) => Error::InvalidInput(bad.to_string()),
         None => internal(e),
     }
 }

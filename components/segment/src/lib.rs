@@ -6,7 +6,6 @@
 
 mod backend;
 mod blob;
-mod checked;
 mod contract;
 mod dequantize;
 mod optimize;

@@ -9,14 +9,14 @@ use prost::Message;
 use std::time::Duration;
 
 use super::corpus;
-use crate::onnx_builder::{model, node, typed_value, weight};
+use crate::onnx_builder::{int_attribute, model, node, typed_value, weight};
 
 const TYPES: [DType; 13] = [
     DType::F32, DType::I64, DType::Boolean, DType::F16, DType::F64, DType::Bf16, DType::U8, DType::I8, DType::U16, DType::I16, DType::U32,
     DType::I32, DType::U64,
 ];
 
-const NAMES: &[&str] = &["x", "y", "idx", "flag", "", "z", "x "];
+const NAMES: &[&str] = &["x", "y", "idx", "flag", "", "z", "x ", "ei", "ni", "si", "ci"];
 
 /// `z = x + y` over `f32[n, 3]` and `f32[m, 3]` (sizes known only at run time, so mismatches
 /// reach the computation), `g = table[idx]` (indices chosen by the caller), `nf = not flag`.
@@ -195,4 +195,122 @@ fn an_index_out_of_range_is_an_invalid_input_naming_the_node() {
         assert!(error.to_string().contains(&format!("node `g`: index {index} is out of range for axis 0 of size 4")), "{error}");
     }
     assert!(segment.is_live(), "the instance survives a refused input");
+}
+
+const TABLE_ROWS: i64 = 4;
+
+/// The indexing operators whose indices the caller gives, over one `f32[4, 3]` table:
+/// `ge = GatherElements(table, ei)`, `gn = GatherND(table, ni)`, `sn = ScatterND(table, si, su)` and
+/// `se = ScatterElements(table, ci, cu)`, all on axis 0.
+fn indexing_model() -> netless::onnx::pb::ModelProto {
+    let mut gather_elements = node("GatherElements", &["table", "ei"], &["ge"]);
+    gather_elements.attribute.push(int_attribute("axis", 0));
+    let mut scatter_elements = node("ScatterElements", &["table", "ci", "cu"], &["se"]);
+    scatter_elements.attribute.push(int_attribute("axis", 0));
+    let graph = netless::onnx::pb::GraphProto {
+        name: "indexing".into(),
+        node: vec![gather_elements, node("GatherND", &["table", "ni"], &["gn"]), node("ScatterND", &["table", "si", "su"], &["sn"]), scatter_elements],
+        initializer: vec![weight("table", &[TABLE_ROWS, 3], 7), weight("su", &[1, 3], 8), weight("cu", &[1, 3], 9)],
+        input: vec![typed_value("ei", 7, Some(&[2, 3])), typed_value("ni", 7, Some(&[2, 1])), typed_value("si", 7, Some(&[1, 1])), typed_value("ci", 7, Some(&[1, 3]))],
+        output: vec![typed_value("ge", 1, Some(&[2, 3])), typed_value("gn", 1, Some(&[2, 3])), typed_value("sn", 1, Some(&[TABLE_ROWS, 3])), typed_value("se", 1, Some(&[TABLE_ROWS, 3]))],
+        ..Default::default()
+    };
+    model(graph)
+}
+
+fn indices(name: &str, shape: &[u64], values: &[i64]) -> Tensor {
+    Tensor { name: name.into(), dtype: DType::I64, shape: shape.to_vec(), data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+}
+
+/// Valid indices (negative ones among them) for every input of [`indexing_model`].
+fn indexing_inputs() -> [Tensor; 4] {
+    [indices("ei", &[2, 3], &[0, 1, -1, 3, -4, 2]), indices("ni", &[2, 1], &[-1, 2]), indices("si", &[1, 1], &[-2]), indices("ci", &[1, 3], &[1, -1, 3])]
+}
+
+/// The outputs of [`indexing_inputs`], worked out from the ONNX definitions of the operators.
+fn indexing_expected(model: &netless::onnx::pb::ModelProto) -> Vec<Vec<f32>> {
+    let graph = model.graph.as_ref().unwrap();
+    let init = |name: &str| graph.initializer.iter().find(|t| t.name == name).unwrap().float_data.clone();
+    let (table, su, cu) = (init("table"), init("su"), init("cu"));
+    let row = |i: i64| i.rem_euclid(TABLE_ROWS) as usize;
+    let ge = [[0, 1, -1], [3, -4, 2]].iter().flat_map(|r| r.iter().enumerate().map(|(j, &i)| table[row(i) * 3 + j]).collect::<Vec<_>>()).collect();
+    let gn = [-1, 2].iter().flat_map(|&i| table[row(i) * 3..row(i) * 3 + 3].to_vec()).collect();
+    let mut sn = table.clone();
+    sn[row(-2) * 3..row(-2) * 3 + 3].copy_from_slice(&su);
+    let mut se = table.clone();
+    for (j, i) in [1, -1, 3].into_iter().enumerate() {
+        se[row(i) * 3 + j] = cu[j];
+    }
+    vec![ge, gn, sn, se]
+}
+
+/// Found by reading tract: GatherElements, GatherND, ScatterND and ScatterElements index without a
+/// check (GatherND and ScatterND do not take ONNX's negative indices at all), so a caller's index
+/// panicked natively and trapped in a segment. Both now refuse it naming the node, and resolve
+/// negative indices as ONNX defines them.
+#[test]
+fn indexing_operators_check_their_indices_in_the_runtime_and_natively() {
+    use netless::native::NativeModel;
+    use netless::onnx::ElemType;
+    use netless::plan::file::TensorSpec;
+    use std::collections::HashMap;
+    let Some(runtime) = crate::common::runtime() else {
+        return;
+    };
+    let model = indexing_model();
+    let mut segment = crate::common::engine().load_segment(runtime, &model.encode_to_vec(), crate::common::roomy()).expect("the segment loads");
+    let specs: Vec<TensorSpec> = indexing_inputs().iter().map(|t| TensorSpec { name: t.name.clone(), dtype: ElemType::I64, shape: t.shape.clone() }).collect();
+    let native = NativeModel::new(&model, "indexing", &specs).expect("native tract prepares the model");
+    let run_native = |inputs: &[Tensor]| {
+        let env: HashMap<String, tract_onnx::prelude::Tensor> = inputs
+            .iter()
+            .map(|t| {
+                let values: Vec<i64> = t.data.chunks(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+                let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+                (t.name.clone(), tract_onnx::prelude::Tensor::from_shape(&shape, &values).unwrap())
+            })
+            .collect();
+        native.run(&env)
+    };
+
+    let expected = indexing_expected(&model);
+    let outputs = segment.infer(indexing_inputs().to_vec()).expect("valid indices are answered");
+    let native_outputs = run_native(&indexing_inputs()).expect("native tract answers valid indices");
+    for ((output, (name, tensor)), want) in outputs.iter().zip(&native_outputs).zip(&expected) {
+        assert_eq!(output.to_f32().as_ref(), Some(want), "output `{}` of the segment", output.name);
+        assert_eq!(tensor.to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<_>>(), *want, "output `{name}` of native tract");
+    }
+
+    let bad = [(0, 2, 4, "ge"), (0, 4, -5, "ge"), (1, 0, -5, "gn"), (1, 1, 4, "gn"), (2, 0, 4, "sn"), (2, 0, i64::MIN, "sn"), (3, 2, -5, "se"), (3, 0, i64::MAX, "se")];
+    for (input, at, index, node) in bad {
+        let mut inputs = indexing_inputs();
+        inputs[input].data[at * 8..at * 8 + 8].copy_from_slice(&index.to_le_bytes());
+        let message = format!("node `{node}`: index {index} is out of range for axis 0 of size {TABLE_ROWS}");
+        let error = segment.infer(inputs.to_vec()).unwrap_err();
+        assert!(matches!(error, SegmentError::InvalidInput { .. }) && error.to_string().contains(&message), "{error}");
+        let error = run_native(&inputs).expect_err("native tract refuses it too");
+        assert!(error.to_string().contains(&message), "{error}");
+    }
+    assert!(segment.is_live(), "the instance survives refused inputs");
+    assert_eq!(segment.infer(indexing_inputs().to_vec()).expect("still answering")[0].to_f32().as_ref(), Some(&expected[0]));
+}
+
+/// The indexing operators' checks, fed indices of any value, type and shape.
+#[test]
+fn indexing_inputs_fuzzed() {
+    let Some(runtime) = crate::common::runtime() else {
+        return;
+    };
+    let mut segment = crate::common::engine().load_segment(runtime, &indexing_model().encode_to_vec(), crate::common::roomy()).expect("the segment loads");
+    let valid = indexing_inputs();
+    let mut reordered = valid.clone();
+    reordered.reverse();
+    let seeds = vec![encode(&valid), encode(&reordered)];
+    let target = Target { name: "contract-indexing", corpus: corpus("contract-indexing"), seeds, dictionary: &[b"\xff\xff\xff\xff\xff\xff\xff\xff", b"\x04\x00\x00\x00\x00\x00\x00\x00", b"\x00\x00\x00\x00\x00\x00\x00\x80"], mutators: vec![&mutate_tensors] };
+    let report = fuzz(target, |input| {
+        let tensors = decode(input).ok_or("not a tensor list")?;
+        let result = segment.infer(tensors);
+        answer(&segment, result)
+    });
+    assert!(report.accepted > 0 && report.verdicts > 3, "{report:?}");
 }
