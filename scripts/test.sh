@@ -8,8 +8,8 @@ source scripts/env.sh
 
 bash scripts/build-components.sh
 # Keeps the tests' compiled-code cache, which grows with every runtime build, within a size.
-cargo build --locked -p netless
+cargo build --locked --release -p netless
 "$NETLESS_BIN" cache prune --dir "$(dirname "$NETLESS_RUNTIME_WASM")/netless-test-cache" --max-size 6GiB
-# builds target/debug/netless too (the integration tests run it), which the Python checks then use
-cargo test --locked -p netless -p netless-oip -p netless-fuzz
+# release, as the demo: the dependencies the binary was built with are reused (see docs/install.md)
+cargo test --locked --release -p netless -p netless-oip -p netless-fuzz
 python3 -m pytest -q tests/python

@@ -110,8 +110,8 @@ enum Command {
     Build {
         /// The split's output folder.
         dir: PathBuf,
-        /// The generic segment runtime component (default: $NETLESS_RUNTIME_WASM, else beside this binary's
-        /// build folder).
+        /// The generic segment runtime component (default: $NETLESS_RUNTIME_WASM, else the one built into
+        /// this binary).
         #[arg(long)]
         runtime: Option<PathBuf>,
         /// Skip pre-initialisation: every new instance then decodes and optimises its model on its
@@ -125,7 +125,7 @@ enum Command {
     Compose {
         /// The built split's folder.
         dir: PathBuf,
-        /// The pair-combinator component (default: $NETLESS_COMPOSER_WASM, else beside the runtime).
+        /// The pair-combinator component (default: $NETLESS_COMPOSER_WASM, else the one built into this binary).
         #[arg(long)]
         composer: Option<PathBuf>,
     },
@@ -329,10 +329,10 @@ struct SpinBuildArgs {
     /// Also build the Spin app: each segment as an HTTP component, the gateway, and OUT/spin.toml.
     #[arg(long)]
     spin: bool,
-    /// The HTTP segment component (default: $NETLESS_HTTP_SEGMENT_WASM, else beside the runtime).
+    /// The HTTP segment component (default: $NETLESS_HTTP_SEGMENT_WASM, else the one built into this binary).
     #[arg(long, requires = "spin")]
     http_segment: Option<PathBuf>,
-    /// The gateway component (default: $NETLESS_GATEWAY_WASM, else beside the runtime).
+    /// The gateway component (default: $NETLESS_GATEWAY_WASM, else the one built into this binary).
     #[arg(long, requires = "spin")]
     gateway: Option<PathBuf>,
     /// Also write the app's manifest here (sources relative to it), e.g. a repository's spin.toml.
@@ -798,7 +798,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The HTTP segment and gateway components, from their variables or beside the runtime.
+/// The HTTP segment and gateway components, from their variables or built into this binary.
 fn spin_components() -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     let read = |env: &str, name: &str| {
         let path = component_path(env, name);
@@ -834,7 +834,7 @@ fn build_spin(dir: &Path, plan: &Plan, args: &SpinBuildArgs) -> anyhow::Result<n
 
 /// A guest component: from `env`, else the copy built into this binary (written once to the cache),
 /// else in the wasm32-wasip2 release folder of the build this binary belongs to
-/// (`target/debug/netless` -> `target/wasm32-wasip2/release/NAME`).
+/// (`target/release/netless` -> `target/wasm32-wasip2/release/NAME`).
 fn component_path(env: &str, name: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env) {
         return PathBuf::from(path);
