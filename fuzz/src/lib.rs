@@ -18,6 +18,8 @@
 //! - `NETLESS_FUZZ_REPORT`: a file to which one JSON line per run is appended.
 //! - `NETLESS_FUZZ_LAST`: a file to which every input is written before it runs, to keep the input
 //!   that aborts the process (an allocation failure, which no panic hook sees).
+//! - `NETLESS_FUZZ_VERDICTS`: a file to which every new verdict is appended (target, signature and
+//!   the message's first line, tab-separated), to see what the corpus keeps.
 #![deny(missing_docs)]
 
 pub mod mutate;
@@ -118,6 +120,7 @@ fn run(target: &Target<'_>, budget: Duration, seed: u64, watchdog: &Watchdog, mu
     let started = Instant::now();
     let mut report = Report { name: target.name.into(), executions: 0, corpus: 0, verdicts: 0, accepted: 0, seconds: 0.0, seed };
     let mut seen = HashSet::new();
+    let mut verdicts = std::env::var_os("NETLESS_FUZZ_VERDICTS").and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
     let mut corpus: Vec<Vec<u8>> = Vec::new();
     let mut try_input = |input: &[u8], report: &mut Report| -> bool {
         report.executions += 1;
@@ -129,7 +132,12 @@ fn run(target: &Target<'_>, budget: Duration, seed: u64, watchdog: &Watchdog, mu
                 if verdict.is_ok() {
                     report.accepted += 1;
                 }
-                seen.insert(signature(&verdict))
+                let signature = signature(&verdict);
+                if let Some(file) = verdicts.as_mut().filter(|_| !seen.contains(&signature)) {
+                    let first = verdict.as_ref().err().and_then(|m| m.lines().next()).unwrap_or("ok");
+                    let _ = writeln!(file, "{}\t{signature}\t{first}", target.name);
+                }
+                seen.insert(signature)
             }
             Err(message) => crashed(target, input, &message, seed),
         }

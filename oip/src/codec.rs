@@ -148,34 +148,35 @@ pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<InferRequest,
     for input in request.inputs {
         let dtype = parse_datatype(&input.datatype).ok_or_else(|| {
             format!(
-                "input `{}`: datatype `{}` is not supported (NetLess serves numeric and BOOL tensors)",
-                input.name, input.datatype
+                "input {}: datatype {} is not supported (NetLess serves numeric and BOOL tensors)",
+                Name(&input.name),
+                Name(&input.datatype)
             )
         })?;
         let elements = element_count(&input.shape)
-            .ok_or_else(|| format!("input `{}`: shape {:?} is too large", input.name, input.shape))?;
+            .ok_or_else(|| format!("input {}: shape {:?} is too large", Name(&input.name), input.shape))?;
         let expected = elements.checked_mul(dtype.size() as u64);
         let data = match (input.parameters.get("binary_data_size"), input.data) {
             (Some(_), Some(_)) => {
-                return Err(format!("input `{}` has both `data` and `binary_data_size`", input.name));
+                return Err(format!("input {} has both `data` and `binary_data_size`", Name(&input.name)));
             }
             (Some(size), None) => {
                 let size = size
                     .as_u64()
-                    .ok_or_else(|| format!("input `{}`: binary_data_size {:?} is not a byte count", input.name, size.to_string()))?;
+                    .ok_or_else(|| format!("input {}: binary_data_size {:?} is not a byte count", Name(&input.name), size.to_string()))?;
                 if Some(size) != expected {
                     return Err(format!(
-                        "input `{}`: binary_data_size is {size} bytes, but {:?} of {} needs {}",
-                        input.name,
+                        "input {}: binary_data_size is {size} bytes, but {:?} of {} needs {}",
+                        Name(&input.name),
                         input.shape,
-                        input.datatype,
+                        Name(&input.datatype),
                         expected.map_or("more than 2^64".into(), |e| e.to_string())
                     ));
                 }
                 if size > binary.len() as u64 {
                     return Err(format!(
-                        "input `{}`: binary_data_size is {size} bytes but only {} binary bytes are left in the body",
-                        input.name,
+                        "input {}: binary_data_size is {size} bytes but only {} binary bytes are left in the body",
+                        Name(&input.name),
                         binary.len()
                     ));
                 }
@@ -184,7 +185,7 @@ pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<InferRequest,
                 head.to_vec()
             }
             (None, Some(values)) => json_to_bytes(&input.name, dtype, elements, &values)?,
-            (None, None) => return Err(format!("input `{}` has no `data` and no `binary_data_size`", input.name)),
+            (None, None) => return Err(format!("input {} has no `data` and no `binary_data_size`", Name(&input.name))),
         };
         inputs.push(Tensor {
             name: input.name,
@@ -231,19 +232,20 @@ fn json_to_bytes(name: &str, dtype: DType, elements: u64, values: &Value) -> Res
     flatten(values, &mut flat);
     if flat.len() as u64 != elements {
         return Err(format!(
-            "input `{name}`: {} values in `data`, but its shape needs {elements}",
+            "input {}: {} values in `data`, but its shape needs {elements}",
+            Name(name),
             flat.len()
         ));
     }
     let mut bytes = Vec::with_capacity(flat.len() * dtype.size());
     for value in flat {
-        let bad = || format!("input `{name}`: {value} is not a {} value", datatype(dtype));
+        let bad = || format!("input {}: {value} is not a {} value", Name(name), datatype(dtype));
         let int = || value.as_i64().map(i128::from).or_else(|| value.as_u64().map(i128::from)).ok_or_else(bad);
         let float = || value.as_f64().ok_or_else(bad);
         macro_rules! int_as {
             ($t:ty) => {{
                 let v = int()?;
-                let v = <$t>::try_from(v).map_err(|_| format!("input `{name}`: {v} is out of range for {}", datatype(dtype)))?;
+                let v = <$t>::try_from(v).map_err(|_| format!("input {}: {v} is out of range for {}", Name(name), datatype(dtype)))?;
                 bytes.extend_from_slice(&v.to_le_bytes());
             }};
         }
@@ -409,19 +411,19 @@ pub fn decode_response(body: &[u8], header_length: Option<usize>) -> Result<Vec<
     let response: ResponseJson = serde_json::from_slice(json).map_err(|e| format!("malformed inference response JSON: {e}"))?;
     let mut outputs = Vec::with_capacity(response.outputs.len());
     for output in response.outputs {
-        let dtype = parse_datatype(&output.datatype).ok_or_else(|| format!("output `{}`: datatype `{}` is not supported", output.name, output.datatype))?;
-        let elements = element_count(&output.shape).ok_or_else(|| format!("output `{}`: shape {:?} is too large", output.name, output.shape))?;
+        let dtype = parse_datatype(&output.datatype).ok_or_else(|| format!("output {}: datatype {} is not supported", Name(&output.name), Name(&output.datatype)))?;
+        let elements = element_count(&output.shape).ok_or_else(|| format!("output {}: shape {:?} is too large", Name(&output.name), output.shape))?;
         let data = match (output.parameters.get("binary_data_size").and_then(Value::as_u64), output.data) {
             (Some(size), _) => {
                 if Some(size) != elements.checked_mul(dtype.size() as u64) || size > binary.len() as u64 {
-                    return Err(format!("output `{}`: binary_data_size {size} does not fit its shape {:?} or the body", output.name, output.shape));
+                    return Err(format!("output {}: binary_data_size {size} does not fit its shape {:?} or the body", Name(&output.name), output.shape));
                 }
                 let (head, rest) = binary.split_at(size as usize);
                 binary = rest;
                 head.to_vec()
             }
             (None, Some(values)) => json_to_bytes(&output.name, dtype, elements, &values)?,
-            (None, None) => return Err(format!("output `{}` has no data", output.name)),
+            (None, None) => return Err(format!("output {} has no data", Name(&output.name))),
         };
         outputs.push(Tensor { name: output.name, dtype, shape: output.shape, data });
     }
@@ -456,6 +458,16 @@ mod tests {
         let encoded = encode("m", "1", None, &[(tensor, false)]);
         let json: Value = serde_json::from_slice(&encoded.body).unwrap();
         assert_eq!(json["outputs"][0]["data"], json!([1.5, -2.0, 3.25, 0.0]));
+    }
+
+    #[test]
+    fn names_from_outside_are_quoted_unambiguously() {
+        assert_eq!(Name("input_ids").to_string(), "`input_ids`");
+        assert_eq!(Name("a`b").to_string(), r#""a`b""#);
+        assert_eq!(Name("x\ny").to_string(), r#""x\ny""#);
+        let body = br#"{"inputs":[{"name":"k`x","shape":[1],"datatype":"FP32"}]}"#;
+        let err = decode(body, None).err().unwrap();
+        assert_eq!(err, r#"input "k`x" has no `data` and no `binary_data_size`"#);
     }
 
     #[test]
@@ -495,6 +507,20 @@ mod tests {
         for (body, header, expected) in cases {
             let error = decode(body, header).unwrap_err();
             assert!(error.contains(expected), "{error} should mention {expected}");
+        }
+    }
+}
+
+/// A name from outside (a tensor's, a datatype's) as an error message shows it: in backticks, or
+/// quoted and escaped as a Rust string when it holds a backtick or a control character, so the
+/// message stays unambiguous whatever the name.
+pub struct Name<'a>(pub &'a str);
+
+impl std::fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.chars().any(|c| c == '`' || c.is_control()) {
+            true => write!(f, "{:?}", self.0),
+            false => write!(f, "`{}`", self.0),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use crate::pipeline::TensorMetadata;
-use crate::{HEADER_LENGTH, InferRequest, Tensor, datatype};
+use crate::{HEADER_LENGTH, InferRequest, Name, Tensor, datatype};
 
 /// The one model version NetLess serves.
 pub const VERSION: &str = "1";
@@ -115,7 +115,7 @@ pub fn model_metadata(name: &str, platform: &str, inputs: &[TensorMetadata], out
 }
 
 fn names(specs: &[TensorMetadata]) -> String {
-    specs.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
+    specs.iter().map(|s| Name(&s.name).to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Checks `inputs` against model `model`'s: every one given once, with its datatype and shape
@@ -124,21 +124,21 @@ pub fn check_inputs(model: &str, specs: &[TensorMetadata], inputs: Vec<Tensor>) 
     let mut env = HashMap::new();
     for tensor in inputs {
         let Some(spec) = specs.iter().find(|s| s.name == tensor.name) else {
-            return Err(format!("unknown input `{}`; model `{model}` takes {}", tensor.name, names(specs)));
+            return Err(format!("unknown input {}; model {} takes {}", Name(&tensor.name), Name(model), names(specs)));
         };
         if datatype(tensor.dtype) != spec.datatype {
-            return Err(format!("input `{}`: datatype {}, but model `{model}` takes {}", tensor.name, datatype(tensor.dtype), spec.datatype));
+            return Err(format!("input {}: datatype {}, but model {} takes {}", Name(&tensor.name), datatype(tensor.dtype), Name(model), spec.datatype));
         }
         let fits = tensor.shape.len() == spec.shape.len() && tensor.shape.iter().zip(&spec.shape).all(|(&d, &s)| s < 0 || d == s as u64);
         if !fits {
-            return Err(format!("input `{}`: shape {:?}, but model `{model}` takes {:?}", tensor.name, tensor.shape, spec.shape));
+            return Err(format!("input {}: shape {:?}, but model {} takes {:?}", Name(&tensor.name), tensor.shape, Name(model), spec.shape));
         }
         if env.insert(tensor.name.clone(), tensor).is_some() {
-            return Err(format!("input `{}` is given twice", spec.name));
+            return Err(format!("input {} is given twice", Name(&spec.name)));
         }
     }
     if let Some(missing) = specs.iter().find(|s| !env.contains_key(&s.name)) {
-        return Err(format!("missing input `{}` ({} {:?}) of model `{model}`", missing.name, missing.datatype, missing.shape));
+        return Err(format!("missing input {} ({} {:?}) of model {}", Name(&missing.name), missing.datatype, missing.shape, Name(model)));
     }
     Ok(env)
 }
@@ -153,7 +153,7 @@ pub fn requested_outputs(model: &str, specs: &[TensorMetadata], request: &InferR
         .iter()
         .map(|r| match specs.iter().any(|o| o.name == r.name) {
             true => Ok((r.name.clone(), r.binary.unwrap_or(request.binary_output))),
-            false => Err(format!("unknown output `{}`; model `{model}` has outputs {}", r.name, names(specs))),
+            false => Err(format!("unknown output {}; model {} has outputs {}", Name(&r.name), Name(model), names(specs))),
         })
         .collect()
 }

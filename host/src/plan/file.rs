@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use netless_oip::Name;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -222,14 +223,22 @@ fn no_stage() -> usize {
 }
 
 impl Segment {
+    /// Its file name as messages show it: as written when it is a plain path, else quoted and escaped.
+    fn file_name(&self) -> String {
+        match self.file.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
+            true => self.file.clone(),
+            false => format!("{:?}", self.file),
+        }
+    }
+
     /// How to name it in messages: `segment 3 (seg-03.onnx)` or `shard 1 of 4 of node `fc6` (seg-03.onnx)`.
     pub fn describe(&self, plan: &Plan) -> String {
         match &self.shard {
             Some(s) => {
                 let node = plan.stages.get(s.stage).and_then(|st| st.group.as_ref()).map(|g| g.node.as_str()).unwrap_or("?");
-                format!("shard {} of {} of node `{node}` (stage {}, {})", s.index, s.count, s.stage, self.file)
+                format!("shard {} of {} of node {} (stage {}, {})", s.index, s.count, Name(node), s.stage, self.file_name())
             }
-            None => format!("segment {} ({})", self.index, self.file),
+            None => format!("segment {} ({})", self.index, self.file_name()),
         }
     }
 }
@@ -270,12 +279,12 @@ impl Plan {
                 return Err(bad(format!("segment {i} is listed with index {}", seg.index)));
             }
             if seg.file.contains("..") || Path::new(&seg.file).is_absolute() {
-                return Err(bad(format!("segment {i}: file `{}` is outside the plan's folder", seg.file)));
+                return Err(bad(format!("segment {i}: file {} is outside the plan's folder", Name(&seg.file))));
             }
         }
         let specs = plan.model.inputs.iter().chain(&plan.model.outputs).chain(plan.segments.iter().flat_map(|s| s.inputs.iter().chain(&s.outputs)));
         if let Some(huge) = specs.into_iter().find(|t| t.checked_bytes().is_none_or(|b| b > MAX_TENSOR_BYTES)) {
-            return Err(bad(format!("tensor `{}` has shape {:?}: larger than any function could hold", huge.name, huge.shape)));
+            return Err(bad(format!("tensor {} has shape {:?}: larger than any function could hold", Name(&huge.name), huge.shape)));
         }
         if plan.version == 1 {
             plan.stages = (0..plan.segments.len()).map(|i| Stage { index: i, segments: vec![i], group: None }).collect();
@@ -306,7 +315,7 @@ impl Plan {
                 }
                 next += 1;
                 if let Some(missing) = seg.inputs.iter().find(|t| !made.contains(&t.name.as_str())) {
-                    return Err(format!("{} reads `{}`, which no earlier stage makes", seg.describe(self), missing.name));
+                    return Err(format!("{} reads {}, which no earlier stage makes", seg.describe(self), Name(&missing.name)));
                 }
             }
             for &s in &stage.segments {
@@ -317,7 +326,7 @@ impl Plan {
             return Err(format!("the stages list {next} of the {} segments", self.segments.len()));
         }
         if let Some(missing) = self.model.outputs.iter().find(|t| !made.contains(&t.name.as_str())) {
-            return Err(format!("no stage makes the model output `{}`", missing.name));
+            return Err(format!("no stage makes the model output {}", Name(&missing.name)));
         }
         Ok(())
     }
@@ -337,9 +346,10 @@ impl Plan {
             let later = self.stages[i + 1..].iter().flat_map(|st| st.segments.iter().flat_map(|&s| self.segments[s].inputs.iter()));
             if let Some(t) = later.map(|t| t.name.as_str()).chain(self.model.outputs.iter().map(|t| t.name.as_str())).find(|n| read.contains(n)) {
                 return Err(Error::Unsupported(format!(
-                    "the composed pipeline cannot run this plan: `{t}`, the input of node `{}`'s shards (stage {i}), is also needed after them; \
+                    "the composed pipeline cannot run this plan: {}, the input of node {}'s shards (stage {i}), is also needed after them; \
                      run it segment by segment (`netless run` without `--composed`), with `netless up` or the Spin app",
-                    group.node
+                    Name(t),
+                    Name(&group.node)
                 )));
             }
         }

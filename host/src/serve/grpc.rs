@@ -115,16 +115,17 @@ fn decode(request: ModelInferRequest) -> Result<InferRequest, String> {
 
 fn tensor(input: InferInputTensor, raw: Option<Vec<u8>>) -> Result<Tensor, String> {
     let name = input.name;
-    let dtype = oip::parse_datatype(&input.datatype).ok_or_else(|| format!("input `{name}`: datatype `{}` is not one NetLess serves", input.datatype))?;
-    let shape = input.shape.iter().map(|&d| u64::try_from(d).map_err(|_| format!("input `{name}`: dimension {d} is negative"))).collect::<Result<Vec<u64>, _>>()?;
+    let quoted = oip::Name(&name);
+    let dtype = oip::parse_datatype(&input.datatype).ok_or_else(|| format!("input {quoted}: datatype {} is not one NetLess serves", oip::Name(&input.datatype)))?;
+    let shape = input.shape.iter().map(|&d| u64::try_from(d).map_err(|_| format!("input {quoted}: dimension {d} is negative"))).collect::<Result<Vec<u64>, _>>()?;
     let data = match raw {
         Some(raw) => raw,
-        None => typed(dtype, input.contents.unwrap_or_default()).map_err(|e| format!("input `{name}`: {e}"))?,
+        None => typed(dtype, input.contents.unwrap_or_default()).map_err(|e| format!("input {quoted}: {e}"))?,
     };
     let needed = shape.iter().try_fold(dtype.size() as u64, |n, &d| n.checked_mul(d));
     if needed != Some(data.len() as u64) {
         let needed = needed.map_or("more than can be counted".to_string(), |n| format!("{n}"));
-        return Err(format!("input `{name}`: {} bytes of contents for {}{:?}, which needs {needed}", data.len(), input.datatype, shape));
+        return Err(format!("input {quoted}: {} bytes of contents for {}{:?}, which needs {needed}", data.len(), input.datatype, shape));
     }
     Ok(Tensor { name, dtype, shape, data })
 }
