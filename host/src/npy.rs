@@ -1,7 +1,9 @@
 //! Tensors in `.npy` files: reading inputs and writing outputs in the element type the model declares.
 
+use std::io::{Seek, SeekFrom};
 use std::path::Path;
 
+use ndarray_npy::npy::header::Header;
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ndarray::ArrayD;
@@ -9,13 +11,20 @@ use tract_onnx::tract_core::ndarray::ArrayD;
 use crate::onnx::ElemType;
 use crate::{Error, Result};
 
-/// Reads `path` as a tensor of element type `dtype`.
+/// Reads `path` as a tensor of element type `dtype`. A header that declares more data than the file
+/// holds is refused before anything is allocated for it.
 pub fn read(path: &Path, name: &str, dtype: ElemType) -> Result<Tensor> {
-    let file = std::fs::File::open(path).map_err(Error::io(path))?;
-    let bad = |e: ndarray_npy::ReadNpyError| Error::Tensor {
-        name: name.into(),
-        reason: format!("{}: not a {dtype} .npy array: {e}", path.display()),
-    };
+    let mut file = std::fs::File::open(path).map_err(Error::io(path))?;
+    let refuse = |reason: String| Error::Tensor { name: name.into(), reason: format!("{}: not a {dtype} .npy array: {reason}", path.display()) };
+    let header = Header::from_reader(&mut file).map_err(|e| refuse(e.to_string()))?;
+    let data = file.metadata().map_err(Error::io(path))?.len().saturating_sub(file.stream_position().map_err(Error::io(path))?);
+    let declared = header.shape.iter().try_fold(dtype.size(), |n, &d| n.checked_mul(d as u64));
+    if declared.is_none_or(|bytes| bytes > data) {
+        let bytes = declared.map_or("more than 2^64".to_string(), |b| b.to_string());
+        return Err(refuse(format!("its header declares shape {:?} ({bytes} bytes of {dtype}), but the file holds {data} bytes of data", header.shape)));
+    }
+    file.seek(SeekFrom::Start(0)).map_err(Error::io(path))?;
+    let bad = |e: ndarray_npy::ReadNpyError| refuse(e.to_string());
     Ok(match dtype {
         ElemType::F32 => ArrayD::<f32>::read_npy(file).map_err(bad)?.into(),
         ElemType::F64 => ArrayD::<f64>::read_npy(file).map_err(bad)?.into(),

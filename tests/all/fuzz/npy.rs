@@ -61,3 +61,12 @@ fn npy_inputs() {
     });
     assert!(report.executions > 100 && report.verdicts > 3, "{report:?}");
 }
+
+/// A header that declares more data than the file holds is refused before anything is allocated (it
+/// aborted the process with a 32 GiB allocation).
+#[test]
+fn a_header_declaring_more_than_the_file_holds_is_refused() {
+    let path = corpus("npy").join("header-declares-32-gib");
+    let err = netless::npy::read(&path, "x", ElemType::F32).unwrap_err().to_string();
+    assert!(err.contains("declares shape [4294967296, 2] (34359738368 bytes of f32), but the file holds 16 bytes of data"), "{err}");
+}
