@@ -147,6 +147,24 @@ fn a_window_wider_than_its_input_is_refused() {
     assert!(netless(&["inspect", same.to_str().unwrap()]).status.success(), "a window padding can fit is fine");
 }
 
+/// A Transpose whose `perm` repeats an axis kept tract's typing busy for minutes (found by the `onnx`
+/// fuzz target): it is refused when the file is read, naming the node; a true permutation is fine.
+#[test]
+fn a_transpose_perm_that_is_not_a_permutation_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let transpose = |perm: &[i64]| {
+        let mut t = node("Transpose", &["x"], &["y"]);
+        t.attribute = vec![ints_attribute("perm", perm)];
+        model(GraphProto { name: "t".into(), node: vec![t], input: vec![value("x", &[1, 3, 4, 5])], output: vec![value("y", &[1, 5, 3, 4])], ..Default::default() })
+    };
+    for (file, perm) in [("repeats.onnx", [0, 3, 0, 2]), ("outside.onnx", [0, 3, 1, 4])] {
+        let err = failure(&netless(&["inspect", save(dir.path(), file, &transpose(&perm)).to_str().unwrap()]));
+        assert!(err.contains(&format!("node `y` (Transpose) has perm {perm:?}: it must list every axis from 0 to 3 once")), "{err}");
+    }
+    let fine = save(dir.path(), "fine.onnx", &transpose(&[0, 3, 1, 2]));
+    assert!(netless(&["inspect", fine.to_str().unwrap()]).status.success(), "a permutation is fine");
+}
+
 /// A split whose segment was replaced (plan updated to match) by one the runtime cannot prepare:
 /// `build` refuses it before making any component.
 #[test]

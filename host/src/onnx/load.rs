@@ -59,7 +59,7 @@ impl OnnxModel {
         if graph.output.is_empty() {
             return Err(not_onnx("its graph has no outputs".into()));
         }
-        if let Some(reason) = oversized_window(graph) {
+        if let Some(reason) = malformed_node(graph) {
             return Err(not_onnx(reason));
         }
         Ok(OnnxModel {
@@ -131,17 +131,26 @@ fn read_external(path: &Path, dir: &Path, tensor: &TensorProto) -> Result<Vec<u8
 /// node on constants, before NetLess sees the typed model): a kernel of 2^31 kept it busy for hours.
 const MAX_WINDOW: u64 = 1 << 24;
 
-/// Why a node's `kernel_shape`, in the graph or a subgraph, cannot be prepared, if one cannot.
-fn oversized_window(graph: &GraphProto) -> Option<String> {
+/// Why a node, in the graph or a subgraph, cannot be prepared, if one cannot: a `kernel_shape` with
+/// a dimension below 1 or more than [`MAX_WINDOW`] positions, or a Transpose `perm` that is not a
+/// permutation (tract's typing of `perm` [0, 3, 0, 2] ran for minutes).
+fn malformed_node(graph: &GraphProto) -> Option<String> {
     for node in &graph.node {
+        let name = if node.name.is_empty() { node.output.first().map(String::as_str).unwrap_or_default() } else { &node.name };
         if let Some(kernel) = node.attribute.iter().find(|a| a.name == "kernel_shape") {
             let positions = kernel.ints.iter().try_fold(1u64, |n, &d| u64::try_from(d).ok().filter(|&d| d > 0).and_then(|d| n.checked_mul(d)));
             if !positions.is_some_and(|p| p <= MAX_WINDOW) {
-                let name = if node.name.is_empty() { node.output.first().map(String::as_str).unwrap_or_default() } else { &node.name };
                 return Some(format!("node `{name}` ({}) has kernel_shape {:?}: a window needs dimensions above 0 and at most {MAX_WINDOW} positions", node.op_type, kernel.ints));
             }
         }
-        if let Some(reason) = node.attribute.iter().flat_map(|a| a.g.iter().chain(&a.graphs)).find_map(oversized_window) {
+        if let Some(perm) = node.attribute.iter().find(|a| a.name == "perm").filter(|_| node.op_type == "Transpose") {
+            let mut sorted = perm.ints.clone();
+            sorted.sort_unstable();
+            if !sorted.iter().zip(0..).all(|(&axis, i)| axis == i) {
+                return Some(format!("node `{name}` (Transpose) has perm {:?}: it must list every axis from 0 to {} once", perm.ints, perm.ints.len().saturating_sub(1)));
+            }
+        }
+        if let Some(reason) = node.attribute.iter().flat_map(|a| a.g.iter().chain(&a.graphs)).find_map(malformed_node) {
             return Some(reason);
         }
     }
