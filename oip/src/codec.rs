@@ -239,7 +239,10 @@ fn json_to_bytes(name: &str, dtype: DType, elements: u64, values: &Value) -> Res
     }
     let mut bytes = Vec::with_capacity(flat.len() * dtype.size());
     for value in flat {
-        let bad = || format!("input {}: {value} is not a {} value", Name(name), datatype(dtype));
+        let bad = || {
+            let shown = if value.is_object() { "an object".to_string() } else { value.to_string() };
+            format!("input {}: {shown} is not a {} value", Name(name), datatype(dtype))
+        };
         let int = || value.as_i64().map(i128::from).or_else(|| value.as_u64().map(i128::from)).ok_or_else(bad);
         let float = || value.as_f64().ok_or_else(bad);
         macro_rules! int_as {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use netless_oip::Name;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -202,33 +203,33 @@ impl Manifest {
             return Err(format!("spin_manifest_version is {}; NetLess runs version 2", self.spin_manifest_version));
         }
         for id in self.component.keys() {
-            check_id(id, '-', false).map_err(|e| format!("component id `{id}`: {e}"))?;
+            check_id(id, '-', false).map_err(|e| format!("component id {}: {e}", Name(id)))?;
         }
         for name in self.variables.keys() {
-            check_id(name, '_', true).map_err(|e| format!("variable `{name}`: {e}"))?;
+            check_id(name, '_', true).map_err(|e| format!("variable {}: {e}", Name(name)))?;
         }
         for (id, component) in &self.component {
             for name in component.variables.keys() {
-                check_id(name, '_', true).map_err(|e| format!("component `{id}`: variable `{name}`: {e}"))?;
+                check_id(name, '_', true).map_err(|e| format!("component {}: variable {}: {e}", Name(id), Name(name)))?;
             }
         }
         for (name, variable) in &self.variables {
             if variable.required == variable.default.is_some() {
-                return Err(format!("variable `{name}`: must be `required` or have a `default`, not both or neither"));
+                return Err(format!("variable {}: must be `required` or have a `default`, not both or neither", Name(name)));
             }
         }
         for (id, component) in &self.component {
             let source = Path::new(&component.source);
             if source.is_absolute() || source.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                return Err(format!("component `{id}`: source `{}` is outside the manifest's folder", component.source));
+                return Err(format!("component {}: source {} is outside the manifest's folder", Name(id), Name(&component.source)));
             }
         }
         for trigger in &self.trigger.http {
             if !self.component.contains_key(&trigger.component) {
-                return Err(format!("a trigger names component `{}`, which the manifest does not define", trigger.component));
+                return Err(format!("a trigger names component {}, which the manifest does not define", Name(&trigger.component)));
             }
             match &trigger.route {
-                Route::Path(path) if !path.starts_with('/') => return Err(format!("route `{path}` does not start with `/`")),
+                Route::Path(path) if !path.starts_with('/') => return Err(format!("route {} does not start with `/`", Name(path))),
                 Route::Private { private: false } => return Err("a route table must be `{ private = true }`".into()),
                 _ => {}
             }
