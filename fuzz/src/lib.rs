@@ -256,21 +256,22 @@ fn install_quiet_hook() {
 
 /// A verdict's kind: the first line of its message with numbers and quoted text stripped, so that
 /// inputs differing only in a value do not count as new. Quotes are backticks, double quotes (with
-/// backslash escapes) and single quotes opening a word (not an apostrophe).
+/// backslash escapes) and single quotes opening a word (not an apostrophe), Python's `b'...'` too.
 fn signature(verdict: &Result<(), String>) -> String {
     let Err(message) = verdict else { return "ok".into() };
     let line = message.lines().next().unwrap_or_default();
     let mut out = String::new();
     let mut quoted = None;
     let mut escaped = false;
-    let mut previous = ' ';
+    let (mut before, mut previous) = (' ', ' ');
     for c in line.chars() {
+        let opens_single = !previous.is_alphanumeric() || (previous == 'b' && !before.is_alphanumeric());
         match quoted {
             Some(_) if escaped => escaped = false,
             Some(_) if c == '\\' => escaped = true,
             Some(q) if c == q => quoted = None,
             Some(_) => {}
-            None if c == '`' || c == '"' || (c == '\'' && !previous.is_alphanumeric()) => {
+            None if c == '`' || c == '"' || (c == '\'' && opens_single) => {
                 quoted = Some(c);
                 out.push(c);
             }
@@ -281,7 +282,7 @@ fn signature(verdict: &Result<(), String>) -> String {
             }
             None => out.push(c),
         }
-        previous = c;
+        (before, previous) = (previous, c);
         if out.len() >= 200 {
             break;
         }
@@ -359,6 +360,7 @@ mod tests {
         assert_eq!(signature(&Err(r#"invalid type: string "a\"b", expected map"#.into())), signature(&Err(r#"invalid type: string "c", expected map"#.into())));
         assert_eq!(signature(&Err("bad descriptor ('<f4'); can't read\n1| {'descr': '<f4'}".into())), signature(&Err("bad descriptor ('>i8'); can't read\n1| {'shape': ()}".into())));
         assert_ne!(signature(&Err("can't read the header".into())), signature(&Err("can't read the data".into())));
+        assert_eq!(signature(&Err("unknown key: b'dor( #'; can't read".into())), signature(&Err("unknown key: b'x'; can't read".into())));
     }
 
     #[test]
