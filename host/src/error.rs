@@ -1,5 +1,6 @@
 //! The errors of the NetLess library: each names the thing at fault.
 
+use netless_oip::Name;
 use std::path::PathBuf;
 
 /// Result with the library's [`Error`].
@@ -25,7 +26,7 @@ pub enum Error {
         reason: String,
     },
     /// The model uses an operator that the runtime cannot run.
-    #[error("node `{node}` uses operator `{op}`, which NetLess's runtime (tract) does not support")]
+    #[error("node {} uses operator {}, which NetLess's runtime (tract) does not support", Name(.node), Name(.op))]
     UnsupportedOperator {
         /// The node's name.
         node: String,
@@ -33,7 +34,7 @@ pub enum Error {
         op: String,
     },
     /// An input's shape is missing, dynamic or malformed.
-    #[error("input `{input}`: {reason}")]
+    #[error("input {}: {reason}", Name(.input))]
     InputShape {
         /// The model input.
         input: String,
@@ -147,7 +148,7 @@ pub enum Error {
     #[error(transparent)]
     Engine(#[from] crate::runtime::EngineError),
     /// A tensor given by the user does not fit the model.
-    #[error("tensor `{name}`: {reason}")]
+    #[error("tensor {}: {reason}", Name(.name))]
     Tensor {
         /// The tensor.
         name: String,
@@ -159,8 +160,8 @@ pub enum Error {
 fn at_node(node: &str, within: &[String]) -> String {
     match (node.is_empty(), within.is_empty()) {
         (true, _) => String::new(),
-        (false, true) => format!("node `{node}`: "),
-        (false, false) => format!("node `{node}` (inside `{}`): ", within.join("` > `")),
+        (false, true) => format!("node {}: ", Name(node)),
+        (false, false) => format!("node {} (inside {}): ", Name(node), within.iter().map(|w| Name(w).to_string()).collect::<Vec<_>>().join(" > ")),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The model as NetLess reasons about it: named tensors with concrete types and shapes, and the nodes that
 //! make and use them. Shapes come from tract's analysis of the model for the given input shapes.
 
+use netless_oip::Name;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -202,7 +203,7 @@ fn check_size(name: &str, dtype: ElemType, shape: &[u64]) -> Result<()> {
         Some(bytes) if bytes <= MAX_TENSOR_BYTES => Ok(()),
         _ => {
             let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
-            Err(Error::ShapeInference(format!("tensor `{name}` would be {dtype}[{}], more than the 4 GiB a WebAssembly segment can hold: check the model's declared shapes and --input-shape", dims.join(", "))))
+            Err(Error::ShapeInference(format!("tensor {} would be {dtype}[{}], more than the 4 GiB a WebAssembly segment can hold: check the model's declared shapes and --input-shape", Name(name), dims.join(", "))))
         }
     }
 }
@@ -217,7 +218,7 @@ fn infer_facts(model: &OnnxModel, shapes: &InputShapes) -> Result<Facts> {
     if let Some(name) = parsed.unresolved_inputs.first() {
         return Err(Error::NotOnnx {
             path: model.path.clone(),
-            reason: format!("tensor `{name}` is used but never defined (a truncated or malformed graph)"),
+            reason: format!("tensor {} is used but never defined (a truncated or malformed graph)", Name(name)),
         });
     }
     let mut tract_model = parsed.model;
@@ -363,7 +364,7 @@ impl<'a> Builder<'a> {
 
     fn fact(&self, name: &str, node: &str) -> Result<Fact> {
         self.facts.get(name).cloned().ok_or_else(|| {
-            Error::ShapeInference(format!("the type or shape of tensor `{name}` (made by node `{node}`) could not be resolved"))
+            Error::ShapeInference(format!("the type or shape of tensor {} (made by node {}) could not be resolved", Name(name), Name(node)))
         })
     }
 
@@ -371,7 +372,7 @@ impl<'a> Builder<'a> {
         let proto = self.proto;
         for (ix, init) in proto.initializer.iter().enumerate() {
             let dtype = ElemType::from_onnx(init.data_type).ok_or_else(|| {
-                Error::ShapeInference(format!("initializer `{}` has unknown element type {}", init.name, init.data_type))
+                Error::ShapeInference(format!("initializer {} has unknown element type {}", Name(&init.name), init.data_type))
             })?;
             let shape = init.dims.iter().map(|&d| d.max(0) as u64).collect();
             self.add_tensor(&init.name, dtype, shape, TensorKind::Initializer(ix));
@@ -388,7 +389,7 @@ impl<'a> Builder<'a> {
         for (ix, node) in proto.node.iter().enumerate() {
             match roles[ix] {
                 Role::Constant => {
-                    let output = node.output.first().ok_or_else(|| Error::ShapeInference(format!("Constant node `{}` has no output", node_name(node))))?;
+                    let output = node.output.first().ok_or_else(|| Error::ShapeInference(format!("Constant node {} has no output", Name(&node_name(node)))))?;
                     let fact = self.fact(output, &node_name(node))?;
                     self.add_tensor(output, fact.dtype, fact.shape, TensorKind::Constant(ix));
                 }
@@ -406,7 +407,7 @@ impl<'a> Builder<'a> {
         }
         for output in &proto.output {
             let id = self.graph.by_name.get(&output.name).copied().ok_or_else(|| {
-                Error::ShapeInference(format!("graph output `{}` is not made by any node", output.name))
+                Error::ShapeInference(format!("graph output {} is not made by any node", Name(&output.name)))
             })?;
             self.graph.outputs.push(id);
         }
@@ -466,7 +467,7 @@ impl<'a> Builder<'a> {
         input_names.extend(implicit.iter().map(String::as_str));
         for input in input_names {
             let tensor = self.graph.by_name.get(input).copied().ok_or_else(|| {
-                Error::ShapeInference(format!("node `{name}` reads tensor `{input}`, which is not defined before it"))
+                Error::ShapeInference(format!("node {} reads tensor {}, which is not defined before it", Name(&name), Name(&input)))
             })?;
             if !inputs.contains(&tensor) {
                 inputs.push(tensor);

@@ -1,5 +1,6 @@
 //! Reading an ONNX file: protobuf decoding with progress, sanity checks, and inlining of external data.
 
+use netless_oip::Name;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -106,17 +107,17 @@ fn inline_external_data(path: &Path, dir: &Path, proto: &mut ModelProto) -> Resu
 fn read_external(path: &Path, dir: &Path, tensor: &TensorProto) -> Result<Vec<u8>> {
     let bad = |reason: String| Error::NotOnnx {
         path: path.to_owned(),
-        reason: format!("tensor `{}`: external data {reason}", tensor.name),
+        reason: format!("tensor {}: external data {reason}", Name(&tensor.name)),
     };
     let entry = |key: &str| tensor.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
     let location = entry("location").ok_or_else(|| bad("has no location".into()))?;
     let number = |key: &str| -> Result<Option<u64>> {
-        entry(key).map(|v| v.parse::<u64>().map_err(|_| bad(format!("has a bad {key} `{v}`")))).transpose()
+        entry(key).map(|v| v.parse::<u64>().map_err(|_| bad(format!("has a bad {key} {}", Name(v))))).transpose()
     };
     let offset = number("offset")?.unwrap_or(0);
     let file = dir.join(location);
     if Path::new(location).is_absolute() || location.split(['/', '\\']).any(|p| p == "..") {
-        return Err(bad(format!("location `{location}` leaves the model's folder")));
+        return Err(bad(format!("location {} leaves the model's folder", Name(location))));
     }
     let data = std::fs::read(&file).map_err(Error::io(&file))?;
     let length = number("length")?.unwrap_or(data.len() as u64 - offset.min(data.len() as u64));
@@ -140,14 +141,14 @@ fn malformed_node(graph: &GraphProto) -> Option<String> {
         if let Some(kernel) = node.attribute.iter().find(|a| a.name == "kernel_shape") {
             let positions = kernel.ints.iter().try_fold(1u64, |n, &d| u64::try_from(d).ok().filter(|&d| d > 0).and_then(|d| n.checked_mul(d)));
             if !positions.is_some_and(|p| p <= MAX_WINDOW) {
-                return Some(format!("node `{name}` ({}) has kernel_shape {:?}: a window needs dimensions above 0 and at most {MAX_WINDOW} positions", node.op_type, kernel.ints));
+                return Some(format!("node {} ({}) has kernel_shape {:?}: a window needs dimensions above 0 and at most {MAX_WINDOW} positions", Name(name), node.op_type, kernel.ints));
             }
         }
         if let Some(perm) = node.attribute.iter().find(|a| a.name == "perm").filter(|_| node.op_type == "Transpose") {
             let mut sorted = perm.ints.clone();
             sorted.sort_unstable();
             if !sorted.iter().zip(0..).all(|(&axis, i)| axis == i) {
-                return Some(format!("node `{name}` (Transpose) has perm {:?}: it must list every axis from 0 to {} once", perm.ints, perm.ints.len().saturating_sub(1)));
+                return Some(format!("node {} (Transpose) has perm {:?}: it must list every axis from 0 to {} once", Name(name), perm.ints, perm.ints.len().saturating_sub(1)));
             }
         }
         if let Some(reason) = node.attribute.iter().flat_map(|a| a.g.iter().chain(&a.graphs)).find_map(malformed_node) {

@@ -3,6 +3,7 @@
 //! `plan` and `split` refuse what cannot run) and for every segment (by `split` before it writes, and
 //! by `build` before it assembles a component). A model that passes here is one the runtime can prepare.
 
+use netless_oip::Name;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -40,12 +41,12 @@ pub fn segment(proto: &ModelProto, what: &str, inputs: &[(&str, ElemType, &[u64]
     }
     guarded(what, || {
         let mut model = tract_onnx::onnx().model_for_proto_model(proto)?;
-        let outlets = computed.iter().map(|name| model.find_outlet_label(name).ok_or_else(|| anyhow::anyhow!("the model has no tensor named `{name}` to output"))).collect::<TractResult<Vec<_>>>()?;
+        let outlets = computed.iter().map(|name| model.find_outlet_label(name).ok_or_else(|| anyhow::anyhow!("the model has no tensor named {} to output", Name(name)))).collect::<TractResult<Vec<_>>>()?;
         model.select_output_outlets(&outlets)?;
         for (slot, outlet) in model.input_outlets()?.to_vec().into_iter().enumerate() {
             let name = model.node(outlet.node).name.clone();
-            let (_, dtype, shape) = inputs.iter().find(|(n, ..)| *n == name).ok_or_else(|| anyhow::anyhow!("model input `{name}` is not in the segment's contract"))?;
-            let dt = dtype.to_tract().ok_or_else(|| anyhow::anyhow!("input `{name}` has type {dtype}, which tract does not run"))?;
+            let (_, dtype, shape) = inputs.iter().find(|(n, ..)| *n == name).ok_or_else(|| anyhow::anyhow!("model input {} is not in the segment's contract", Name(&name)))?;
+            let dt = dtype.to_tract().ok_or_else(|| anyhow::anyhow!("input {} has type {dtype}, which tract does not run", Name(&name)))?;
             let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
             model.set_input_fact(slot, InferenceFact::dt_shape(dt, dims))?;
         }
@@ -135,7 +136,7 @@ fn unpreparable(what: &str, e: &TractError) -> Error {
     let mut reason = chain.last().cloned().unwrap_or_default();
     if let Some((name, _)) = nodes.iter().find(|(_, op)| op == "If") {
         if reason.contains("output_fact") || reason.contains("unify") {
-            reason = format!("the branches of If `{name}` give outputs of different shapes or types, which tract needs to be the same ({reason})");
+            reason = format!("the branches of If {} give outputs of different shapes or types, which tract needs to be the same ({reason})", Name(name));
         }
     }
     let (node, within) = match nodes.split_last() {
