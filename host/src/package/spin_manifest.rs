@@ -157,8 +157,8 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest, String> {
         let parsed = std::panic::catch_unwind(|| toml_edit::de::from_str::<Manifest>(text)).map_err(|_| "not valid TOML (its parser panicked)".to_string())?;
         let manifest: Manifest = parsed.map_err(|e| match e.span() {
-            Some(span) => format!("line {}: {}", text[..span.start].matches('\n').count() + 1, e.message()),
-            None => e.message().to_string(),
+            Some(span) => format!("line {}: {}", text[..span.start].matches('\n').count() + 1, quoted_names(e.message())),
+            None => quoted_names(e.message()),
         })?;
         manifest.check()?;
         Ok(manifest)
@@ -304,6 +304,19 @@ fn check_id(id: &str, delimiter: char, lower: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// serde's "unknown field `X`, expected ..." with `X` shown through [`Name`], so that a key holding
+/// a backtick cannot be mistaken for the end of the quote.
+fn quoted_names(message: &str) -> String {
+    let field = message.strip_prefix("unknown field `").and_then(|rest| {
+        let end = rest.rfind("`, expected").or_else(|| rest.strip_suffix('`').map(str::len))?;
+        Some((&rest[..end], &rest[end + 1..]))
+    });
+    match field {
+        Some((name, rest)) => format!("unknown field {}{rest}", Name(name)),
+        None => message.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,9 +382,14 @@ mod tests {
         let app = "spin_manifest_version = 2\n[application]\nname = \"m\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n";
         assert!(Manifest::parse(app).is_ok());
         assert!(Manifest::parse(&app.replace("source = \"a.wasm\"", "source = \"a.wasm\"\nfiles = [\"x\"]")).unwrap_err().contains("unknown field `files`"));
+        let error = Manifest::parse(&app.replace("source = \"a.wasm\"", "source = \"a.wasm\"\n\"k`x\" = 1")).unwrap_err();
+        assert!(error.contains("unknown field \"k`x\", expected one of `description`"), "{error}");
+        assert_eq!(quoted_names("unknown field `k`"), "unknown field `k`");
+        assert_eq!(quoted_names("missing field `source`"), "missing field `source`");
         assert!(Manifest::parse(&app.replace("a.wasm", "../a.wasm")).unwrap_err().contains("outside the manifest's folder"));
         assert!(Manifest::parse(&app.replace("= 2", "= 1")).unwrap_err().contains("version 2"));
         let error = Manifest::parse(&app.replace("name = \"m\"", "name = 3")).unwrap_err();
         assert!(error.starts_with("line 3"), "{error}");
     }
 }
+
