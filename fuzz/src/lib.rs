@@ -38,6 +38,10 @@ pub use mutate::Rng;
 /// Largest input the mutators produce.
 pub const MAX_INPUT: usize = 1 << 20;
 
+/// Inputs the corpus keeps in memory; past it a new input replaces a random mutation (never a
+/// corpus file or seed), so an hour-long run of a decoder with many verdicts stays bounded.
+pub const MAX_CORPUS: usize = 100_000;
+
 /// A structured mutator: a variant of an input, or `None` when it does not apply to this input.
 pub type Mutator<'a> = &'a dyn Fn(&[u8], &mut Rng) -> Option<Vec<u8>>;
 
@@ -147,6 +151,7 @@ fn run(target: &Target<'_>, budget: Duration, seed: u64, watchdog: &Watchdog, mu
         corpus.push(input);
     }
     assert!(!corpus.is_empty(), "fuzz target `{}` has no seeds", target.name);
+    let kept = corpus.len();
     while started.elapsed() < budget {
         let base = &corpus[rng.below(corpus.len())];
         let other = &corpus[rng.below(corpus.len())];
@@ -163,7 +168,12 @@ fn run(target: &Target<'_>, budget: Duration, seed: u64, watchdog: &Watchdog, mu
             continue;
         }
         if try_input(&input, &mut report) {
-            corpus.push(input);
+            if corpus.len() < MAX_CORPUS.max(kept + 1) {
+                corpus.push(input);
+            } else {
+                let replaced = kept + rng.below(corpus.len() - kept);
+                corpus[replaced] = input;
+            }
         }
     }
     report.corpus = corpus.len();
