@@ -22,6 +22,13 @@ fn composer_wasm() -> Option<std::path::PathBuf> {
 }
 
 /// Splits `path` into each K, builds and composes it, and runs it both ways against native tract.
+/// Bytes a pre-initialised `seg-NN.wasm` may carry per byte of weights, beyond the runtime's code.
+const SNAPSHOT_WEIGHT_BOUND: f64 = 1.2;
+
+/// The runtime's own state a snapshot carries whatever the segment (globals, its stack, tract's
+/// registries): about 40 KB measured; a weightless segment's snapshot is the code and this.
+const SNAPSHOT_STATE_BYTES: f64 = 256.0 * 1024.0;
+
 fn check(path: &Path, shapes: &[(&str, &[u64])], ks: &[usize]) {
     let (Some(runtime), Some(composer)) = (runtime_wasm(), composer_wasm()) else { return };
     let (runtime, composer) = (std::fs::read(runtime).unwrap(), std::fs::read(composer).unwrap());
@@ -59,10 +66,13 @@ fn check(path: &Path, shapes: &[(&str, &[u64])], ks: &[usize]) {
         let record = artifacts::preinitialize(dir.path(), &plan, engine()).expect("preinitialize");
         assert_eq!(record.segments.len(), k);
         assert!(artifacts::preinitialized(dir.path()).is_some());
-        for i in 0..k {
+        let code = runtime.len() as f64;
+        for (i, seg) in plan.segments.iter().enumerate() {
             let snapshot = std::fs::read(artifacts::segment_path(dir.path(), i)).unwrap();
             assert_ne!(snapshot, lazy[i], "seg-{i:02}.wasm was replaced");
             artifacts::validate("snapshot", &snapshot).unwrap();
+            let bound = SNAPSHOT_WEIGHT_BOUND * seg.weight_bytes as f64 + code + SNAPSHOT_STATE_BYTES;
+            assert!(snapshot.len() as f64 <= bound, "{} K={k}: seg-{i:02}.wasm is {} bytes, over 1.2 x its {} bytes of weights + the runtime's {code} + {SNAPSHOT_STATE_BYTES}", path.display(), snapshot.len(), seg.weight_bytes);
         }
         let mut pipeline = Pipeline::load(engine(), dir.path(), Mode::Segments, Duration::from_secs(120)).expect("load");
         for _ in 0..2 {

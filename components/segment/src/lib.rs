@@ -4,6 +4,7 @@
 //! first call the runtime walks that blob ([`blob`]), decodes its contract ([`contract`]) and prepares the model
 //! with tract ([`backend`]); both live as long as the instance, so only the first call pays for them.
 
+mod alloc;
 mod backend;
 mod blob;
 mod contract;
@@ -53,6 +54,7 @@ impl Guest for Runtime {
     }
 
     fn infer(inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+        alloc::stop_zeroing();
         with_loaded(|loaded| {
             let model = loaded.model.as_ref().map_err(Clone::clone)?;
             let inputs = loaded.contract.validate(inputs)?;
@@ -80,6 +82,7 @@ impl exports::netless::inference::profile::Guest for Runtime {
     fn infer_profiled(
         inputs: Vec<Tensor>,
     ) -> Result<Vec<exports::netless::inference::profile::NodeTime>, Error> {
+        alloc::stop_zeroing();
         with_loaded(|loaded| {
             let model = loaded.model.as_ref().map_err(Clone::clone)?;
             model.profile(&loaded.contract.validate(inputs)?)
