@@ -392,4 +392,3 @@ mod tests {
         assert!(error.starts_with("line 3"), "{error}");
     }
 }
-
