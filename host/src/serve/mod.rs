@@ -449,7 +449,6 @@ impl Handle {
 /// Serves `service` on `listener` until `shutdown` completes, then finishes the requests in
 /// flight. Idle instances are reclaimed in the background.
 pub async fn serve(service: Arc<Service>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    map_large_allocations();
     let warm = service.clone();
     tokio::task::spawn_blocking(move || {
         for function in warm.functions() {
@@ -499,24 +498,13 @@ async fn reclaim_idle(service: Arc<Service>) {
     }
 }
 
-/// Makes glibc give every allocation of 256 KiB or more (request bodies, tensors) its own mapping,
-/// returned to the system when freed. By default glibc raises that threshold after the first such
-/// free, and the buffers of later requests then fragment its heaps, which never shrink back.
-fn map_large_allocations() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; it has no preconditions.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
-    }
-}
-
-/// Returns memory freed by reclaimed instances and finished requests to the system: glibc keeps
-/// freed memory in per-thread arenas, so without this the server would not shrink back to its idle
-/// size after a load.
+/// Returns memory freed by reclaimed instances and finished requests to the system now, from every
+/// arena, rather than after jemalloc's decay time. Linked into a binary with another global allocator (the
+/// tests), it purges jemalloc's unused arenas and so changes nothing.
 fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory held by the allocator; it has no preconditions.
+    // SAFETY: `arena.<MALLCTL_ARENAS_ALL>.purge` takes and returns nothing, so every pointer is null;
+    // it only returns unused pages the allocator holds to the system.
     unsafe {
-        libc::malloc_trim(0);
+        tikv_jemalloc_sys::mallctl(c"arena.4096.purge".as_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), 0);
     }
 }
