@@ -357,14 +357,22 @@ struct OutputOut<'a> {
 
 /// Encodes a response: each output with whether it goes as binary data.
 pub fn encode(model: &str, version: &str, id: Option<&str>, outputs: &[(Tensor, bool)]) -> Encoded {
-    let mut binary = Vec::new();
+    let binary = outputs.iter().filter(|(_, as_binary)| *as_binary).map(|(tensor, _)| &tensor.data[..]);
+    append(encode_header(model, version, id, outputs), binary)
+}
+
+/// The JSON part of [`encode`]'s response alone: its binary part is the data of the outputs sent as
+/// binary, in order, for a caller that sends them as they are rather than copied after the JSON.
+/// `header_length` is set as `encode` sets it.
+pub fn encode_header(model: &str, version: &str, id: Option<&str>, outputs: &[(Tensor, bool)]) -> Encoded {
+    let mut binary_bytes = 0;
     let outputs = outputs
         .iter()
         .map(|(tensor, as_binary)| {
             let mut output = OutputOut { name: &tensor.name, datatype: datatype(tensor.dtype), shape: &tensor.shape, parameters: None, data: None };
             if *as_binary {
                 output.parameters = Some(json!({ "binary_data_size": tensor.data.len() }));
-                binary.extend_from_slice(&tensor.data);
+                binary_bytes += tensor.data.len();
             } else {
                 output.data = Some(Elements(tensor));
             }
@@ -372,15 +380,19 @@ pub fn encode(model: &str, version: &str, id: Option<&str>, outputs: &[(Tensor, 
         })
         .collect();
     let response = ResponseOut { model_name: model, model_version: version, id, outputs };
-    let mut body = serde_json::to_vec(&response).expect("a response always serialises");
-    let header_length = (!binary.is_empty()).then_some(body.len());
-    body.extend_from_slice(&binary);
+    let body = serde_json::to_vec(&response).expect("a response always serialises");
+    let header_length = (binary_bytes > 0).then_some(body.len());
     Encoded { body, header_length }
 }
 
 /// Encodes a request for `inputs` with the binary extension, asking for binary outputs: how one
 /// NetLess host calls a segment served by another.
 pub fn encode_request(id: &str, inputs: &[Tensor]) -> Encoded {
+    append(encode_request_header(id, inputs), inputs.iter().map(|t| &t.data[..]))
+}
+
+/// The JSON part of [`encode_request`]'s request alone: the inputs' data follows it, in order.
+pub fn encode_request_header(id: &str, inputs: &[Tensor]) -> Encoded {
     let specs: Vec<Value> = inputs
         .iter()
         .map(|t| {
@@ -391,12 +403,16 @@ pub fn encode_request(id: &str, inputs: &[Tensor]) -> Encoded {
         })
         .collect();
     let request = json!({ "id": id, "inputs": specs, "parameters": { "binary_data_output": true } });
-    let mut body = serde_json::to_vec(&request).expect("a JSON value always serialises");
-    let header_length = Some(body.len());
-    for t in inputs {
-        body.extend_from_slice(&t.data);
-    }
-    Encoded { body, header_length }
+    let body = serde_json::to_vec(&request).expect("a JSON value always serialises");
+    Encoded { header_length: Some(body.len()), body }
+}
+
+/// `header` with `binary` appended, copied once into a body of its exact size.
+fn append<'a>(header: Encoded, binary: impl Iterator<Item = &'a [u8]> + Clone) -> Encoded {
+    let mut body = header.body;
+    body.reserve_exact(binary.clone().map(<[u8]>::len).sum());
+    binary.for_each(|data| body.extend_from_slice(data));
+    Encoded { body, header_length: header.header_length }
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use super::metrics::VERSION;
+use super::chunks::Chunks;
 use super::oip::{self, HEADER_LENGTH};
 use super::{ServeError, Served, Service};
 use crate::plan::file::TensorSpec;
@@ -106,14 +107,18 @@ async fn infer(State(service): Shared, Path(params): Params, headers: HeaderMap,
             Ok(_) => tracing::info!(ms = %format!("{:.1}", started.elapsed().as_secs_f64() * 1e3), "ok"),
             Err(e) => tracing::warn!(status = e.status().as_u16(), error = %e, "failed"),
         }
-        Ok::<_, ServeError>(oip::encode(&model.name, VERSION, Some(&id), &outputs?))
+        let outputs = outputs?;
+        let header = oip::encode_header(&model.name, VERSION, Some(&id), &outputs);
+        Ok::<_, ServeError>((header, outputs))
     }
     .await;
     match result {
-        Ok(encoded) => {
-            let content_type = encoded.content_type();
-            let mut response = Response::new(Body::from(encoded.body));
-            if let Some(n) = encoded.header_length {
+        Ok((header, outputs)) => {
+            let content_type = header.content_type();
+            let header_length = header.header_length;
+            let binary = outputs.into_iter().filter(|(_, as_binary)| *as_binary).map(|(tensor, _)| tensor.data);
+            let mut response = Response::new(Body::new(Chunks::message(header.body, binary)));
+            if let Some(n) = header_length {
                 response.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(n));
             }
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

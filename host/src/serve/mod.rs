@@ -6,6 +6,7 @@
 //! requests are pipelined: stage 2 works on one while stage 1 works on the next. The shards of a
 //! group stage are functions of their own, called concurrently.
 
+mod chunks;
 mod error;
 mod function;
 mod grpc;

@@ -7,10 +7,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
 use super::ServeError;
+use super::chunks::Chunks;
 use super::metrics::Metrics;
 use super::oip::{self, HEADER_LENGTH};
 use crate::runtime::Tensor;
+
+/// The largest answer a segment may send (the OIP body of its outputs).
+const MAX_ANSWER: usize = 1 << 31;
 
 /// A segment on remote replicas.
 pub struct RemoteStage {
@@ -18,8 +28,8 @@ pub struct RemoteStage {
     replicas: Vec<String>,
     hop_timeout: Duration,
     next: AtomicUsize,
-    /// Keeps connections to the replicas alive between requests.
-    agent: ureq::Agent,
+    /// Keeps connections to the replicas alive between requests; runs on the server's own runtime.
+    client: Client<HttpConnector, Chunks>,
     metrics: Arc<Metrics>,
 }
 
@@ -37,13 +47,11 @@ impl RemoteStage {
     pub fn new(name: String, replicas: Vec<String>, hop_timeout: Duration, metrics: Arc<Metrics>) -> RemoteStage {
         metrics.add_model(&name);
         let replicas = replicas.into_iter().map(|r| r.trim_end_matches('/').to_string()).collect();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(hop_timeout.min(Duration::from_secs(2))))
-            .max_idle_connections_per_host(64)
-            .build()
-            .into();
-        RemoteStage { name, replicas, hop_timeout, next: AtomicUsize::new(0), agent, metrics }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(hop_timeout.min(Duration::from_secs(2))));
+        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build(connector);
+        RemoteStage { name, replicas, hop_timeout, next: AtomicUsize::new(0), client, metrics }
     }
 
     /// The segment's name.
@@ -52,19 +60,19 @@ impl RemoteStage {
     }
 
     /// Calls the segment on `inputs`, on one replica after another until one answers.
-    pub async fn call(self: &Arc<Self>, id: &str, inputs: Vec<Tensor>, deadline: Instant) -> Result<Vec<Tensor>, ServeError> {
-        let this = self.clone();
-        let request = oip::encode_request(id, &inputs);
+    pub async fn call(&self, id: &str, inputs: Vec<Tensor>, deadline: Instant) -> Result<Vec<Tensor>, ServeError> {
+        let header = oip::encode_request_header(id, &inputs);
+        let request = Request {
+            header_length: header.header_length.unwrap_or_default(),
+            body: Chunks::message(header.body, inputs.into_iter().map(|t| t.data)),
+        };
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || this.call_blocking(&request, deadline))
-            .await
-            .map_err(|e| ServeError::Internal(format!("{}: the call did not complete: {e}", self.name)))
-            .flatten();
+        let result = self.call_replicas(&request, deadline).await;
         self.metrics.request(&self.name, result.is_ok(), started.elapsed());
         result
     }
 
-    fn call_blocking(&self, request: &oip::Encoded, deadline: Instant) -> Result<Vec<Tensor>, ServeError> {
+    async fn call_replicas(&self, request: &Request, deadline: Instant) -> Result<Vec<Tensor>, ServeError> {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         let mut failures = Vec::new();
         for k in 0..self.replicas.len() {
@@ -73,7 +81,7 @@ impl RemoteStage {
             if remaining.is_zero() {
                 break;
             }
-            match self.attempt(replica, request, remaining.min(self.hop_timeout)) {
+            match self.attempt(replica, request, remaining.min(self.hop_timeout)).await {
                 Attempt::Done(outputs) => return Ok(outputs),
                 Attempt::Fail(error) => return Err(error),
                 Attempt::Retry(why) => {
@@ -88,29 +96,30 @@ impl RemoteStage {
         Err(ServeError::Unavailable { function: self.name.clone(), reasons: failures.join("; ") })
     }
 
-    fn attempt(&self, replica: &str, request: &oip::Encoded, timeout: Duration) -> Attempt {
+    async fn attempt(&self, replica: &str, request: &Request, timeout: Duration) -> Attempt {
         let url = format!("{replica}/v2/models/{}/infer", self.name);
-        let mut post = self.agent.post(&url).config().timeout_global(Some(timeout)).build();
-        if let Some(n) = request.header_length {
-            post = post.header("Inference-Header-Content-Length", n.to_string());
-        }
-        let mut response = match post.send(&request.body[..]) {
-            Ok(response) => response,
-            Err(ureq::Error::Timeout(_)) => return Attempt::Retry(format!("no answer within {timeout:?}")),
-            Err(e) => return Attempt::Retry(e.to_string()),
+        let post = http::Request::post(&url)
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .header(HEADER_LENGTH, request.header_length)
+            .body(request.body.clone());
+        let post = match post {
+            Ok(post) => post,
+            Err(e) => return Attempt::Fail(ServeError::Internal(format!("{}: a request to {url:?}: {e}", self.name))),
         };
-        let status = response.status().as_u16();
-        let header_length = response.headers().get(HEADER_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let body = match response.body_mut().with_config().limit(1 << 31).read_to_vec() {
-            Ok(body) => body,
-            Err(e) => return Attempt::Retry(format!("reading the answer: {e}")),
+        let exchange = async {
+            let response = self.client.request(post).await.map_err(|e| describe(&e))?;
+            let (head, body) = response.into_parts();
+            let body = Limited::new(body, MAX_ANSWER).collect().await.map_err(|e| format!("reading the answer: {}", describe(&*e)))?;
+            Ok::<_, String>((head, body.to_bytes()))
         };
-        let message = || {
-            serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(String::from))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect())
+        let (head, body) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(why)) => return Attempt::Retry(why),
+            Err(_) => return Attempt::Retry(format!("no answer within {timeout:?}")),
         };
+        let status = head.status.as_u16();
+        let header_length = head.headers.get(HEADER_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let message = || message(&body);
         match status {
             200 => match oip::decode_response(&body, header_length) {
                 Ok(outputs) => Attempt::Done(outputs),
@@ -121,4 +130,30 @@ impl RemoteStage {
             _ => Attempt::Fail(ServeError::Remote { function: self.name.clone(), replica: replica.to_string(), status, message: message() }),
         }
     }
+}
+
+/// One hop's request: the body's chunks are shared by every replica tried, never copied.
+struct Request {
+    header_length: usize,
+    body: Chunks,
+}
+
+/// An error answer's `error` field, or the start of its body.
+fn message(body: &Bytes) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(String::from))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect())
+}
+
+/// An error with its causes ("client error (Connect): tcp connect error: Connection refused ...").
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
