@@ -5,6 +5,7 @@
 //! is in the `Inference-Header-Content-Length` HTTP header, and each binary tensor says its size in
 //! its `binary_data_size` parameter, in the order the tensors appear in the JSON.
 
+use bytes::{Buf, BufMut};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value, json};
@@ -126,19 +127,13 @@ pub fn parse_datatype(name: &str) -> Option<DType> {
 
 /// Decodes a request body. `header_length` is the `Inference-Header-Content-Length` header, if
 /// any; the error says what is wrong with the request, for a 400 response.
-pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<InferRequest, String> {
-    let (json, mut binary) = match header_length {
-        Some(n) if n > body.len() => {
-            return Err(format!(
-                "{HEADER_LENGTH} is {n} but the body has only {} bytes",
-                body.len()
-            ));
-        }
-        Some(n) => body.split_at(n),
-        None => (body, &[][..]),
-    };
+///
+/// The body is contiguous (`&[u8]`) or in the chunks it arrived in (any [`Buf`]): each binary tensor is
+/// copied once, straight from the body into its own buffer.
+pub fn decode(body: impl Buf, header_length: Option<usize>) -> Result<InferRequest, String> {
+    let (json, mut binary) = split(body, header_length)?;
     let request: RequestJson =
-        serde_json::from_slice(json).map_err(|e| format!("malformed inference request JSON: {e}"))?;
+        serde_json::from_slice(&json).map_err(|e| format!("malformed inference request JSON: {e}"))?;
     let id = match request.id {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
@@ -173,16 +168,14 @@ pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<InferRequest,
                         expected.map_or("more than 2^64".into(), |e| e.to_string())
                     ));
                 }
-                if size > binary.len() as u64 {
+                if size > binary.remaining() as u64 {
                     return Err(format!(
                         "input {}: binary_data_size is {size} bytes but only {} binary bytes are left in the body",
                         Name(&input.name),
-                        binary.len()
+                        binary.remaining()
                     ));
                 }
-                let (head, rest) = binary.split_at(size as usize);
-                binary = rest;
-                head.to_vec()
+                take(&mut binary, size as usize)
             }
             (None, Some(values)) => json_to_bytes(&input.name, dtype, elements, &values)?,
             (None, None) => return Err(format!("input {} has no `data` and no `binary_data_size`", Name(&input.name))),
@@ -194,10 +187,10 @@ pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<InferRequest,
             data,
         });
     }
-    if !binary.is_empty() {
+    if binary.has_remaining() {
         return Err(format!(
             "{} bytes of binary data follow the JSON but no input claims them",
-            binary.len()
+            binary.remaining()
         ));
     }
     let outputs = request.outputs.map(|outputs| {
@@ -220,6 +213,23 @@ pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<InferRequest,
         outputs,
         binary_output,
     })
+}
+
+/// The JSON part of `body` (the first `header_length` bytes, or all of it), and the binary part after it.
+fn split<B: Buf>(mut body: B, header_length: Option<usize>) -> Result<(Vec<u8>, B), String> {
+    let n = match header_length {
+        Some(n) if n > body.remaining() => return Err(format!("{HEADER_LENGTH} is {n} but the body has only {} bytes", body.remaining())),
+        Some(n) => n,
+        None => body.remaining(),
+    };
+    Ok((take(&mut body, n), body))
+}
+
+/// The next `n` bytes of `body` (which has them), copied once into a buffer of their own.
+fn take(body: &mut impl Buf, n: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(n);
+    data.put(body.take(n));
+    data
 }
 
 fn element_count(shape: &[u64]) -> Option<u64> {
@@ -421,25 +431,20 @@ struct ResponseJson {
 }
 
 /// Decodes a response's output tensors, JSON or binary; the error says what is wrong with it.
-pub fn decode_response(body: &[u8], header_length: Option<usize>) -> Result<Vec<Tensor>, String> {
-    let (json, mut binary) = match header_length {
-        Some(n) if n > body.len() => return Err(format!("{HEADER_LENGTH} is {n} but the body has only {} bytes", body.len())),
-        Some(n) => body.split_at(n),
-        None => (body, &[][..]),
-    };
-    let response: ResponseJson = serde_json::from_slice(json).map_err(|e| format!("malformed inference response JSON: {e}"))?;
+/// The body is contiguous or in chunks, as for [`decode`].
+pub fn decode_response(body: impl Buf, header_length: Option<usize>) -> Result<Vec<Tensor>, String> {
+    let (json, mut binary) = split(body, header_length)?;
+    let response: ResponseJson = serde_json::from_slice(&json).map_err(|e| format!("malformed inference response JSON: {e}"))?;
     let mut outputs = Vec::with_capacity(response.outputs.len());
     for output in response.outputs {
         let dtype = parse_datatype(&output.datatype).ok_or_else(|| format!("output {}: datatype {} is not supported", Name(&output.name), Name(&output.datatype)))?;
         let elements = element_count(&output.shape).ok_or_else(|| format!("output {}: shape {:?} is too large", Name(&output.name), output.shape))?;
         let data = match (output.parameters.get("binary_data_size").and_then(Value::as_u64), output.data) {
             (Some(size), _) => {
-                if Some(size) != elements.checked_mul(dtype.size() as u64) || size > binary.len() as u64 {
+                if Some(size) != elements.checked_mul(dtype.size() as u64) || size > binary.remaining() as u64 {
                     return Err(format!("output {}: binary_data_size {size} does not fit its shape {:?} or the body", Name(&output.name), output.shape));
                 }
-                let (head, rest) = binary.split_at(size as usize);
-                binary = rest;
-                head.to_vec()
+                take(&mut binary, size as usize)
             }
             (None, Some(values)) => json_to_bytes(&output.name, dtype, elements, &values)?,
             (None, None) => return Err(format!("output {} has no data", Name(&output.name))),
@@ -462,7 +467,7 @@ mod tests {
             "outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#;
         let mut body = header.to_vec();
         body.extend_from_slice(&raw);
-        let request = decode(&body, Some(header.len())).unwrap();
+        let request = decode(&body[..], Some(header.len())).unwrap();
         assert_eq!(request.inputs[0].data, raw);
         assert_eq!(request.inputs[1].data, raw);
         assert_eq!(request.outputs.unwrap()[0].binary, Some(true));
@@ -485,7 +490,7 @@ mod tests {
         assert_eq!(Name("a`b").to_string(), r#""a`b""#);
         assert_eq!(Name("x\ny").to_string(), r#""x\ny""#);
         let body = br#"{"inputs":[{"name":"k`x","shape":[1],"datatype":"FP32"}]}"#;
-        let err = decode(body, None).err().unwrap();
+        let err = decode(&body[..], None).err().unwrap();
         assert_eq!(err, r#"input "k`x" has no `data` and no `binary_data_size`"#);
     }
 
@@ -504,11 +509,15 @@ mod tests {
     fn requests_and_responses_between_hosts_round_trip() {
         let tensors = vec![Tensor::from_f32("a", vec![2], &[1.0, 2.0]), Tensor::from_f32("b", vec![1], &[3.0])];
         let encoded = encode_request("r", &tensors);
-        let request = decode(&encoded.body, encoded.header_length).unwrap();
+        let request = decode(&encoded.body[..], encoded.header_length).unwrap();
         assert_eq!(request.inputs, tensors);
         assert!(request.binary_output);
+        let (a, rest) = encoded.body.split_at(10);
+        let (b, c) = rest.split_at(rest.len() - 6);
+        let chunked = decode(a.chain(b).chain(c), encoded.header_length).unwrap();
+        assert_eq!(chunked.inputs, tensors, "a body in chunks, split inside the JSON and inside a tensor, decodes the same");
         let response = encode("m", "1", Some("r"), &[(tensors[0].clone(), true), (tensors[1].clone(), false)]);
-        assert_eq!(decode_response(&response.body, response.header_length).unwrap(), tensors);
+        assert_eq!(decode_response(&response.body[..], response.header_length).unwrap(), tensors);
         assert!(decode_response(&response.body[..response.body.len() - 1], response.header_length).is_err());
     }
 

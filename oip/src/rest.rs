@@ -85,7 +85,7 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, Refusal> {
 
 /// Decodes an inference request body, given its `Inference-Header-Content-Length` header if it has
 /// one; every error is a 400 naming what is wrong.
-pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<InferRequest, Refusal> {
+pub fn decode_request(body: impl bytes::Buf, header_length: Option<&str>) -> Result<InferRequest, Refusal> {
     let header_length = match header_length {
         None => None,
         Some(value) => Some(value.trim().parse::<usize>().map_err(|_| Refusal::new(400, format!("{HEADER_LENGTH} {value:?} is not a byte count")))?),
@@ -175,10 +175,10 @@ mod tests {
 
     #[test]
     fn a_header_length_that_is_not_a_count_is_a_400() {
-        let refusal = decode_request(b"{}", Some("ten")).unwrap_err();
+        let refusal = decode_request(&b"{}"[..], Some("ten")).unwrap_err();
         assert_eq!(refusal.status, 400);
         assert!(refusal.message.contains("\"ten\" is not a byte count"), "{}", refusal.message);
-        assert_eq!(decode_request(b"{\"inputs\":[]}", None).unwrap().inputs.len(), 0);
+        assert_eq!(decode_request(&b"{\"inputs\":[]}"[..], None).unwrap().inputs.len(), 0);
     }
 
     #[test]

@@ -155,7 +155,7 @@ enum Outcome {
 fn outcome(model: &str, replica: &str, answer: Result<Answer, String>) -> Outcome {
     match answer {
         Err(why) => Outcome::Retry(format!("{replica}: {why}")),
-        Ok(Answer { status: 200, header_length, body }) => match netless_oip::decode_response(&body, header_length) {
+        Ok(Answer { status: 200, header_length, body }) => match netless_oip::decode_response(&body[..], header_length) {
             Ok(outputs) => Outcome::Done(outputs),
             Err(e) => Outcome::Retry(format!("{replica}: a malformed answer: {e}")),
         },

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Collected, LengthLimitError, Limited};
 use serde_json::json;
 use tracing::Instrument;
 
@@ -98,7 +98,7 @@ async fn infer(State(service): Shared, Path(params): Params, headers: HeaderMap,
         let body = read_body(&headers, body, service.options().max_body).await?;
         let model = find(&service, &params)?.clone();
         let header_length = headers.get(HEADER_LENGTH).map(|v| v.to_str().unwrap_or("(not text)"));
-        let request = oip::rest::decode_request(&body, header_length).map_err(|refusal| ServeError::BadRequest(refusal.message))?;
+        let request = oip::rest::decode_request(body.aggregate(), header_length).map_err(|refusal| ServeError::BadRequest(refusal.message))?;
         let id = request.id.clone().unwrap_or_else(|| service.next_request_id());
         let span = tracing::info_span!("infer", id = %id, model = %model.name);
         let outputs = service.infer(&model, &id, request).instrument(span.clone()).await;
@@ -128,8 +128,9 @@ async fn infer(State(service): Shared, Path(params): Params, headers: HeaderMap,
     }
 }
 
-/// Reads the whole body, refusing it as too large as soon as it is known to be over `limit`.
-pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ServeError> {
+/// Reads the whole body in the chunks it arrived in, refusing it as too large as soon as it is known
+/// to be over `limit`. `to_bytes()` joins them (a copy); `aggregate()` reads them as they are.
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Collected<Bytes>, ServeError> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ServeError::TooLarge { limit });
@@ -138,7 +139,7 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Re
         return Err(ServeError::BadRequest(format!("Content-Encoding {encoding:?} is not supported; send the body uncompressed")));
     }
     match Limited::new(body, limit as usize).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => Ok(collected),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ServeError::TooLarge { limit }),
         Err(e) => Err(ServeError::BadRequest(format!("reading the request body: {e}"))),
     }

@@ -110,7 +110,7 @@ impl RemoteStage {
             let response = self.client.request(post).await.map_err(|e| describe(&e))?;
             let (head, body) = response.into_parts();
             let body = Limited::new(body, MAX_ANSWER).collect().await.map_err(|e| format!("reading the answer: {}", describe(&*e)))?;
-            Ok::<_, String>((head, body.to_bytes()))
+            Ok::<_, String>((head, body))
         };
         let (head, body) = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(answer)) => answer,
@@ -119,15 +119,17 @@ impl RemoteStage {
         };
         let status = head.status.as_u16();
         let header_length = head.headers.get(HEADER_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let message = || message(&body);
-        match status {
-            200 => match oip::decode_response(&body, header_length) {
+        if status == 200 {
+            return match oip::decode_response(body.aggregate(), header_length) {
                 Ok(outputs) => Attempt::Done(outputs),
                 Err(e) => Attempt::Retry(format!("a malformed answer: {e}")),
-            },
-            503 | 404 => Attempt::Retry(format!("{status}: {}", message())),
+            };
+        }
+        let message = message(&body.to_bytes());
+        match status {
+            503 | 404 => Attempt::Retry(format!("{status}: {message}")),
             504 => Attempt::Fail(ServeError::Deadline { function: self.name.clone(), waited: "inside the segment" }),
-            _ => Attempt::Fail(ServeError::Remote { function: self.name.clone(), replica: replica.to_string(), status, message: message() }),
+            _ => Attempt::Fail(ServeError::Remote { function: self.name.clone(), replica: replica.to_string(), status, message }),
         }
     }
 }

@@ -345,7 +345,7 @@ async fn dispatch(Axum(app): Axum<Arc<SpinApp>>, request: Request<Body>) -> Resp
     };
     let (parts, body) = request.into_parts();
     let body = match super::http::read_body(&parts.headers, body, app.max_body).await {
-        Ok(body) => body,
+        Ok(body) => body.to_bytes(),
         Err(e) => return e.into_response(),
     };
     let mut parts = parts;
