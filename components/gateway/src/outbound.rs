@@ -1,6 +1,6 @@
 //! Outbound OIP calls over `wasi:http/outgoing-handler`, with a timeout on each.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use wasi::http::outgoing_handler;
@@ -110,11 +110,11 @@ fn read(response: wasi::http::types::IncomingResponse) -> Result<Answer, String>
         .get(&netless_oip::HEADER_LENGTH.to_string())
         .first()
         .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
+    let length = netless_oip::wasi_body::content_length(&response.headers().get(&"content-length".to_string()));
     let incoming = response.consume().map_err(|_| "the response body was already taken".to_string())?;
-    let mut body = Vec::new();
-    {
-        let mut stream = incoming.stream().map_err(|_| "the response body stream was already taken".to_string())?;
-        stream.read_to_end(&mut body).map_err(|e| format!("reading the answer: {e}"))?;
-    }
+    let body = {
+        let stream = incoming.stream().map_err(|_| "the response body stream was already taken".to_string())?;
+        netless_oip::wasi_body::read_all(&stream, length).map_err(|e| format!("reading the answer: {e}"))?
+    };
     Ok(Answer { status, header_length, body })
 }

@@ -126,7 +126,7 @@ impl Engine {
             path: cache_dir.clone(),
             source,
         })?;
-        let engine = new_engine(&cache_dir)?;
+        let engine = new_engine(&cache_dir, 0)?;
         let mut composed_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut composed_linker).map_err(EngineError::Config)?;
         let mut runtime_linker = composed_linker.clone();
@@ -312,7 +312,13 @@ impl Hasher for Sha256Hasher {
 
 /// A wasmtime engine for NetLess's components: the component model, SIMD (tract's kernels), epoch
 /// interruption (deadlines) and the pooling allocator.
-pub(crate) fn new_engine(cache_dir: &Path) -> Result<wasmtime::Engine, EngineError> {
+///
+/// A freed instance's linear memory is returned to the system, except its first `keep_resident`
+/// bytes, which are zeroed in place for the next instance of that slot: this saves a host that
+/// instantiates per request (the Spin host) the page faults of every request, at the cost of that
+/// much resident memory per slot used; a host that keeps instances warm and scales to zero
+/// (`netless up`) keeps none.
+pub(crate) fn new_engine(cache_dir: &Path, keep_resident: usize) -> Result<wasmtime::Engine, EngineError> {
     let mut config = Config::new();
     let functions = function_cache::FunctionCache::new(cache_dir.join("functions"));
     config
@@ -322,12 +328,13 @@ pub(crate) fn new_engine(cache_dir: &Path) -> Result<wasmtime::Engine, EngineErr
         .wasm_simd(true)
         .wasm_relaxed_simd(true)
         .epoch_interruption(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling()));
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(keep_resident)));
     wasmtime::Engine::new(&config).map_err(EngineError::Config)
 }
 
-/// The pooling allocator's configuration: slots for many instances of segment-sized components.
-fn pooling() -> PoolingAllocationConfig {
+/// The pooling allocator's configuration: slots for many instances of segment-sized components, each
+/// memory keeping up to `keep_resident` bytes resident when its instance is freed.
+fn pooling(keep_resident: usize) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOL_SLOTS)
         .total_core_instances(POOL_SLOTS * 8)
@@ -338,7 +345,8 @@ fn pooling() -> PoolingAllocationConfig {
         .max_component_instance_size(64 << 20)
         .max_core_instances_per_component(4096)
         .max_memories_per_component(1024)
-        .max_tables_per_component(4096);
+        .max_tables_per_component(4096)
+        .linear_memory_keep_resident(keep_resident);
     pool
 }
 

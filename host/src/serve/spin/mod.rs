@@ -35,6 +35,10 @@ use crate::runtime::{EngineError, Ticker, compile_cached, new_engine, ticks};
 use crate::{Error, Result};
 use outbound::{HostPattern, Hooks};
 
+/// Bytes of each linear memory kept resident between the per-request instances of a slot, so a
+/// request does not fault in the pages its previous instance already touched (docs/spin.md).
+const KEEP_RESIDENT: usize = 8 << 20;
+
 /// How the app is run.
 #[derive(Debug, Clone)]
 pub struct SpinOptions {
@@ -123,7 +127,7 @@ impl SpinApp {
         let base = manifest_path.parent().map(Path::to_path_buf).unwrap_or_default();
         let values = variables::application_values(&manifest, &options.variables).map_err(|reason| Error::Plan { path: manifest_path.into(), reason })?;
 
-        let engine = new_engine(cache_dir)?;
+        let engine = new_engine(cache_dir, KEEP_RESIDENT)?;
         let mut linker: Linker<StoreState> = Linker::new(&engine);
         let link = |e: wasmtime::Error| Error::Engine(EngineError::Config(e));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
