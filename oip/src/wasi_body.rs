@@ -26,3 +26,15 @@ pub fn read_all(stream: &InputStream, length: Option<usize>) -> Result<Vec<u8>, 
         }
     }
 }
+
+/// An incoming Spin request with its body read whole by [`read_all`]; a body that cannot be read is
+/// a 400.
+#[cfg(feature = "spin")]
+pub fn read_request(incoming: spin_sdk::http::IncomingRequest) -> Result<spin_sdk::http::Request, crate::rest::Refusal> {
+    let length = content_length(&incoming.headers().get(&"content-length".to_string()));
+    let bad = |e: String| crate::rest::Refusal::new(400, format!("reading the request body: {e}"));
+    let body = incoming.consume().map_err(|_| bad("it was already taken".into()))?;
+    let stream = body.stream().map_err(|_| bad("its stream was already taken".into()))?;
+    let data = read_all(&stream, length).map_err(bad)?;
+    Ok(spin_sdk::http::Request::builder().method(incoming.method()).uri(incoming.uri()).headers(incoming.headers()).body(data).build())
+}

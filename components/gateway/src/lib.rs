@@ -33,7 +33,7 @@ use outbound::Answer;
 #[http_component]
 fn handle(incoming: IncomingRequest) -> Response {
     let started = Instant::now();
-    let mut response = match read(incoming).and_then(|request| serve(&request, started)) {
+    let mut response = match wasi_body::read_request(incoming).and_then(|request| serve(&request, started)) {
         Ok(response) => response,
         Err(refusal) => {
             let mut builder = Response::builder();
@@ -46,16 +46,6 @@ fn handle(incoming: IncomingRequest) -> Response {
     };
     response.set_header("x-netless-gateway-ms", format!("{:.1}", started.elapsed().as_secs_f64() * 1e3));
     response
-}
-
-/// The request with its body read whole into a buffer of its declared size.
-fn read(incoming: IncomingRequest) -> Result<Request, Refusal> {
-    let length = wasi_body::content_length(&incoming.headers().get(&"content-length".to_string()));
-    let bad = |e: String| Refusal::new(400, format!("reading the request body: {e}"));
-    let body = incoming.consume().map_err(|_| bad("it was already taken".into()))?;
-    let stream = body.stream().map_err(|_| bad("its stream was already taken".into()))?;
-    let data = wasi_body::read_all(&stream, length).map_err(bad)?;
-    Ok(Request::builder().method(incoming.method()).uri(incoming.uri()).headers(incoming.headers()).body(data).build())
 }
 
 /// The gateway's configuration, read from its Spin variables.

@@ -17,21 +17,12 @@ use spin_sdk::http_component;
 
 #[http_component]
 fn handle(incoming: IncomingRequest) -> Response {
-    match read(incoming).and_then(|request| serve(&request)) {
+    match wasi_body::read_request(incoming).and_then(|request| serve(&request)) {
         Ok(response) => response,
         Err(refusal) => json(refusal.status, refusal.body()),
     }
 }
 
-/// The request with its body read whole into a buffer of its declared size.
-fn read(incoming: IncomingRequest) -> Result<Request, Refusal> {
-    let length = wasi_body::content_length(&incoming.headers().get(&"content-length".to_string()));
-    let bad = |e: String| Refusal::new(400, format!("reading the request body: {e}"));
-    let body = incoming.consume().map_err(|_| bad("it was already taken".into()))?;
-    let stream = body.stream().map_err(|_| bad("its stream was already taken".into()))?;
-    let data = wasi_body::read_all(&stream, length).map_err(bad)?;
-    Ok(Request::builder().method(incoming.method()).uri(incoming.uri()).headers(incoming.headers()).body(data).build())
-}
 
 fn serve(request: &Request) -> Result<Response, Refusal> {
     let info = infer_segment::info();
