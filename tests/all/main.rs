@@ -8,6 +8,7 @@ mod distributed;
 mod early_errors;
 mod fuzz;
 mod install;
+mod kernels;
 mod memory_bounds;
 mod onnx_builder;
 mod partition_dp;

@@ -9,6 +9,8 @@ mod backend;
 mod blob;
 mod contract;
 mod dequantize;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod kernels;
 mod optimize;
 
 use std::cell::OnceCell;
