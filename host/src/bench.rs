@@ -7,6 +7,7 @@
 //! model preparation) and each segment's peak linear memory against its planned budget.
 //! [`Report::write`] saves it as `report.md`, `report.json` and `chart.svg`.
 
+mod reference;
 mod render;
 pub mod hops;
 pub mod serve;
@@ -14,7 +15,6 @@ pub mod shards;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -29,7 +29,7 @@ use crate::plan::file::TensorSpec;
 use crate::plan::{CostModel, MemoryModel, Objective, Request};
 use crate::runtime::{Engine, Limits, Runtime};
 use crate::split::{Split, SplitOptions};
-use crate::{Error, Result, emit, npy, verify};
+use crate::{Error, Result, emit, verify};
 
 /// Relative error accepted between any runtime's outputs and native tract's.
 pub const TOLERANCE: f64 = 1e-4;
@@ -55,6 +55,10 @@ pub struct BenchOptions {
     pub composer_wasm: PathBuf,
     /// The Python interpreter used for onnxruntime.
     pub python: String,
+    /// The Node.js executable used for onnxruntime-web.
+    pub node: String,
+    /// The folder the npm package `onnxruntime-web` resolves from (where `npm install` put it).
+    pub ort_web: PathBuf,
     /// Deadline of one call into the wasm runtime.
     pub deadline: Duration,
 }
@@ -128,10 +132,10 @@ pub struct Machine {
     pub load_after: String,
 }
 
-/// onnxruntime, unsplit, one thread.
+/// A reference engine (onnxruntime, onnxruntime-web), unsplit, one thread.
 #[derive(Clone, Debug, Serialize)]
 pub struct OrtResult {
-    /// onnxruntime's version, when it ran.
+    /// The engine's version, when it ran.
     pub version: Option<String>,
     /// Session creation, ms.
     pub prepare_ms: Option<f64>,
@@ -341,6 +345,8 @@ pub struct Report {
     pub machine: Machine,
     /// onnxruntime, 1 thread.
     pub onnxruntime: OrtResult,
+    /// onnxruntime-web's wasm backend on Node.js, 1 thread.
+    pub onnxruntime_web: OrtResult,
     /// Native tract.
     pub native: NativeResult,
     /// The generic runtime component.
@@ -478,7 +484,9 @@ pub fn run(options: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<Report> 
     };
 
     log("onnxruntime (1 thread): timing");
-    let onnxruntime = onnxruntime(options, &input_specs, &inputs, &output_specs, &expected);
+    let onnxruntime = reference::onnxruntime(options, &input_specs, &inputs, &output_specs, &expected);
+    log("onnxruntime-web (wasm, 1 thread): timing");
+    let onnxruntime_web = reference::onnxruntime_web(options, &input_specs, &inputs, &output_specs, &expected);
 
     log("wasm runtime: compiling with an empty cache");
     let cache = out.join("compile-cache");
@@ -548,7 +556,7 @@ pub fn run(options: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<Report> 
         load_before,
         load_after: load_average(),
     };
-    let (ratios, targets) = summarise(&native, &onnxruntime, &runtime_cost, &configs);
+    let (ratios, targets) = summarise(&native, [&onnxruntime, &onnxruntime_web], &runtime_cost, &configs);
     Ok(Report {
         model: model.name(),
         model_path: model.path.display().to_string(),
@@ -560,6 +568,7 @@ pub fn run(options: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<Report> 
         max_memory: options.max_memory,
         machine,
         onnxruntime,
+        onnxruntime_web,
         native,
         runtime: runtime_cost,
         configs,
@@ -889,145 +898,9 @@ fn check_wire(
         .collect()
 }
 
-/// The inline Python script: argv = model, runs, output folder, JSON list of [name, .npy path].
-/// Prints one JSON line: version, prepare_ms, times_ms, outputs ([name, .npy path]), or error.
-const ORT_SCRIPT: &str = r#"
-import json, os, sys, time
-try:
-    import numpy as np
-    import onnxruntime as ort
-except Exception as e:
-    print(json.dumps({"error": "cannot import onnxruntime: %s: %s" % (type(e).__name__, e)}))
-    sys.exit(0)
-model, runs, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-feeds = {name: np.load(path) for name, path in json.loads(sys.argv[4])}
-so = ort.SessionOptions()
-so.intra_op_num_threads = 1
-so.inter_op_num_threads = 1
-so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-t = time.perf_counter()
-sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-prepare = (time.perf_counter() - t) * 1e3
-outs = sess.run(None, feeds)
-times = []
-for _ in range(runs):
-    t = time.perf_counter()
-    sess.run(None, feeds)
-    times.append((time.perf_counter() - t) * 1e3)
-paths = []
-for i, (o, v) in enumerate(zip(sess.get_outputs(), outs)):
-    p = os.path.join(out, "ort-output-%d.npy" % i)
-    np.save(p, v)
-    paths.append([o.name, p])
-print(json.dumps({"version": ort.__version__, "prepare_ms": prepare, "times_ms": times, "outputs": paths}))
-"#;
-
-#[derive(serde::Deserialize)]
-struct OrtOutput {
-    error: Option<String>,
-    version: Option<String>,
-    prepare_ms: Option<f64>,
-    #[serde(default)]
-    times_ms: Vec<f64>,
-    #[serde(default)]
-    outputs: Vec<(String, PathBuf)>,
-}
-
-fn onnxruntime(
-    options: &BenchOptions,
-    specs: &[TensorSpec],
-    inputs: &HashMap<String, TractTensor>,
-    outputs: &[TensorSpec],
-    expected: &[(String, TractTensor)],
-) -> OrtResult {
-    let unavailable = |reason: String| OrtResult {
-        version: None,
-        prepare_ms: None,
-        timing: None,
-        checks: vec![],
-        unavailable: Some(reason),
-    };
-    let folder = options.out.join("inputs");
-    let mut feeds = Vec::new();
-    if let Err(e) = std::fs::create_dir_all(&folder) {
-        return unavailable(format!("creating {}: {e}", folder.display()));
-    }
-    for (i, spec) in specs.iter().enumerate() {
-        let path = folder.join(format!("input-{i}.npy"));
-        if let Err(e) = npy::write(&path, &spec.name, &inputs[&spec.name]) {
-            return unavailable(e.to_string());
-        }
-        feeds.push((spec.name.clone(), absolute(&path)));
-    }
-    let feeds = match serde_json::to_string(&feeds) {
-        Ok(f) => f,
-        Err(e) => return unavailable(e.to_string()),
-    };
-    let output = Command::new(&options.python)
-        .arg("-c")
-        .arg(ORT_SCRIPT)
-        .arg(absolute(&options.model))
-        .arg(options.runs.to_string())
-        .arg(absolute(&folder))
-        .arg(feeds)
-        .output();
-    let output = match output {
-        Ok(o) => o,
-        Err(e) => return unavailable(format!("cannot run `{}`: {e}", options.python)),
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no message");
-        return unavailable(format!("onnxruntime failed ({}): {last}", output.status));
-    }
-    let parsed: OrtOutput = match stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .map(serde_json::from_str)
-    {
-        Some(Ok(p)) => p,
-        Some(Err(e)) => {
-            return unavailable(format!("unreadable output of the onnxruntime script: {e}"));
-        }
-        None => return unavailable("the onnxruntime script printed nothing".into()),
-    };
-    if let Some(error) = parsed.error {
-        return unavailable(error);
-    }
-    let checks = expected
-        .iter()
-        .map(|(name, want)| {
-            let spec = outputs.iter().find(|s| &s.name == name);
-            match (parsed.outputs.iter().find(|(n, _)| n == name), spec) {
-                (Some((_, path)), Some(spec)) => {
-                    check_one(name, want, npy::read(path, name, spec.dtype))
-                }
-                _ => failed_check(name, "onnxruntime did not return it".into()),
-            }
-        })
-        .collect();
-    OrtResult {
-        version: parsed.version,
-        prepare_ms: parsed.prepare_ms,
-        timing: Timing::from_ms(&parsed.times_ms),
-        checks,
-        unavailable: None,
-    }
-}
-
-fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
-}
-
 fn summarise(
     native: &NativeResult,
-    ort: &OrtResult,
+    [ort, ort_web]: [&OrtResult; 2],
     runtime: &RuntimeCost,
     configs: &[ConfigResult],
 ) -> (Vec<Ratio>, Vec<Target>) {
@@ -1064,6 +937,8 @@ fn summarise(
             unsplit,
             ort.timing.as_ref(),
         ),
+        ratio("wasm unsplit / onnxruntime-web".into(), unsplit, ort_web.timing.as_ref()),
+        ratio("onnxruntime-web / native tract".into(), ort_web.timing.as_ref(), Some(&native.timing)),
     ];
     for c in configs {
         ratios.push(ratio(
@@ -1094,12 +969,15 @@ fn summarise(
             note,
         }
     };
-    let mut targets = vec![target(
-        "wasm unsplit within 1.5x of native tract".into(),
-        ratios[0].mean,
-        1.5,
-        "ratio of means, K=1 segment by segment".into(),
-    )];
+    let mut targets = vec![
+        target("wasm unsplit within 1.3x of native tract".into(), ratios[0].mean, 1.3, "ratio of means, K=1 segment by segment".into()),
+        target(
+            "wasm unsplit faster than onnxruntime-web".into(),
+            ratios[3].mean,
+            1.0,
+            ort_web.unavailable.as_ref().map_or("ratio of means, K=1 segment by segment".into(), |why| format!("n/a: {why}")),
+        ),
+    ];
     for c in configs.iter().filter(|c| c.k > 1) {
         for composed in [false, true] {
             let how = if composed {

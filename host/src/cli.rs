@@ -184,7 +184,7 @@ enum Command {
     /// Serve a split's pipeline by calling its segments on other hosts (`netless up --only-segments`
     /// workers) over OIP v2, with replicas, retries and per-hop timeouts.
     Gateway(GatewayArgs),
-    /// Measure a model side by side: onnxruntime, native tract, and the wasm runtime unsplit and in K segments.
+    /// Measure a model side by side: onnxruntime, onnxruntime-web, native tract, and the wasm runtime unsplit and in K segments.
     Bench {
         /// The ONNX model (not used by --hops).
         #[arg(required_unless_present = "hops")]
@@ -247,6 +247,12 @@ enum Command {
         /// Also measure a hop across network namespaces (needs root and iproute2), for --hops.
         #[arg(long, requires = "hops")]
         netns: bool,
+        /// The Node.js that runs onnxruntime-web's wasm backend beside NetLess (`n/a` when missing).
+        #[arg(long, env = "NETLESS_NODE", default_value = "node")]
+        node: String,
+        /// The folder the npm package `onnxruntime-web` resolves from (where `npm install onnxruntime-web` ran).
+        #[arg(long, env = "NETLESS_ORT_WEB", default_value = ".")]
+        ort_web: PathBuf,
     },
 }
 
@@ -757,7 +763,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench { model: Some(model), segments, max_memory, shapes, runs, out, .. } => {
+        Command::Bench { model: Some(model), segments, max_memory, shapes, runs, out, node, ort_web, .. } => {
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
             let options = netless::bench::BenchOptions {
                 out: out.unwrap_or_else(|| Path::new("bench-out").join(stem)),
@@ -769,6 +775,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 runtime_wasm: component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"),
                 composer_wasm: component_path("NETLESS_COMPOSER_WASM", "netless_composer.wasm"),
                 python: "python3".into(),
+                node,
+                ort_web,
                 deadline: Duration::from_secs(600),
             };
             let report = netless::bench::run(&options, &mut |line| eprintln!("bench: {line}"))?;

@@ -2,6 +2,7 @@
 //! and host. See `common` for where prerequisites are found.
 
 mod bad_input;
+mod bench;
 mod common;
 mod deploy;
 mod distributed;

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::{Check, ModeResult, Report, Timing};
+use super::{Check, ModeResult, OrtResult, Report, Timing};
 use crate::plan::partition::mib;
 use crate::{Error, Result};
 
@@ -38,22 +38,17 @@ struct Row {
 
 impl Report {
     fn rows(&self) -> Vec<Row> {
-        let ort = &self.onnxruntime;
-        let mut rows = vec![
-            Row {
-                label: format!(
-                    "onnxruntime {}(1 thread)",
-                    ort.version
-                        .as_deref()
-                        .map(|v| format!("{v} "))
-                        .unwrap_or_default()
-                ),
-                timing: ort.timing.clone(),
-                checks: match &ort.unavailable {
-                    Some(reason) => format!("n/a: {reason}"),
-                    None => verdict(&ort.checks),
-                },
+        let reference = |engine: &str, ort: &OrtResult| Row {
+            label: format!("{engine} {}(1 thread)", ort.version.as_deref().map(|v| format!("{v} ")).unwrap_or_default()),
+            timing: ort.timing.clone(),
+            checks: match &ort.unavailable {
+                Some(reason) => format!("n/a: {reason}"),
+                None => verdict(&ort.checks),
             },
+        };
+        let mut rows = vec![
+            reference("onnxruntime", &self.onnxruntime),
+            reference("onnxruntime-web (wasm)", &self.onnxruntime_web),
             Row {
                 label: "native tract (1 thread)".into(),
                 timing: Some(self.native.timing.clone()),
