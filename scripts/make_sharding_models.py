@@ -45,6 +45,7 @@ class Builder:
     def save(self, path, graph_name, inputs, outputs):
         graph = helper.make_graph(self.nodes, graph_name, inputs, outputs, self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8  # the oldest IR of opset 17, so that older runtimes (onnxruntime-web) load it
         onnx.checker.check_model(model)
         onnx.save(model, path)
 
