@@ -975,7 +975,7 @@ fn summarise(
             "wasm unsplit faster than onnxruntime-web".into(),
             ratios[3].mean,
             1.0,
-            ort_web.unavailable.as_ref().map_or("ratio of means, K=1 segment by segment".into(), |why| format!("n/a: {why}")),
+            ort_web.unavailable.clone().unwrap_or_else(|| "ratio of means, K=1 segment by segment".into()),
         ),
     ];
     for c in configs.iter().filter(|c| c.k > 1) {
