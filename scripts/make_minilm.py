@@ -32,29 +32,15 @@ def minilm(path, tokens, layers):
     types = b.weight("token_type_embedding", (1, 1, D), 0.02)
     h = b.node("Add", [b.node("Add", [words, positions], "embed.pos"), types], "embed")
 
-    def layer_norm(x, name):
-        g = b.const(f"{name}.g", (1.0 + 0.1 * b.rng.standard_normal(D)).astype(np.float32))
-        beta = b.const(f"{name}.b", (0.1 * b.rng.standard_normal(D)).astype(np.float32))
-        return b.node("LayerNormalization", [x, g, beta], name, axis=-1, epsilon=1e-12)
-
     def linear(x, fin, fout, name):
-        y = b.node("MatMul", [x, b.weight(f"{name}.w", (fin, fout), 1.0 / np.sqrt(fin))], f"{name}.mm")
-        return b.node("Add", [y, b.weight(f"{name}.b", (fout,), 0.01)], name)
+        return b.linear(x, fin, fout, name, 1.0 / np.sqrt(fin))
 
-    h = layer_norm(h, "embed.ln")
+    h = b.layer_norm(h, "embed.ln", D, 1e-12)
     for i in range(layers):
         p = f"layer{i}"
-        q, k, v = (b.node("Transpose", [b.node("Reshape", [linear(h, D, D, f"{p}.{n}"), "heads_shape"], f"{p}.{n}.heads")],
-                          f"{p}.{n}.t", perm=perm) for n, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])))
-        scores = b.node("Mul", [b.node("MatMul", [q, k], f"{p}.qk"), "scale"], f"{p}.scaled")
-        probs = b.node("Softmax", [scores], f"{p}.probs", axis=-1)
-        ctx = b.node("Transpose", [b.node("MatMul", [probs, v], f"{p}.ctx")], f"{p}.ctx.t", perm=[0, 2, 1, 3])
-        attn = linear(b.node("Reshape", [ctx, "model_shape"], f"{p}.ctx.merged"), D, D, f"{p}.out")
-        h = layer_norm(b.node("Add", [h, attn], f"{p}.res1"), f"{p}.ln1")
-        m = linear(h, D, FFN, f"{p}.ffn1")
-        erf = b.node("Erf", [b.node("Mul", [m, "inv_sqrt2"], f"{p}.gelu.s")], f"{p}.gelu.erf")
-        gelu = b.node("Mul", [b.node("Mul", [m, "half"], f"{p}.gelu.h"), b.node("Add", [erf, "one"], f"{p}.gelu.e1")], f"{p}.gelu")
-        h = layer_norm(b.node("Add", [h, linear(gelu, FFN, D, f"{p}.ffn2")], f"{p}.res2"), f"{p}.ln2")
+        h = b.layer_norm(b.node("Add", [h, b.attention(h, p, D, linear, "out")], f"{p}.res1"), f"{p}.ln1", D, 1e-12)
+        gelu = b.gelu(linear(h, D, FFN, f"{p}.ffn1"), f"{p}.gelu")
+        h = b.layer_norm(b.node("Add", [h, linear(gelu, FFN, D, f"{p}.ffn2")], f"{p}.res2"), f"{p}.ln2", D, 1e-12)
     b.node("Identity", [h], "last_hidden_state")
     b.save(path, "minilm_l6_f32", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, tokens])],
            [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [1, tokens, D])])

@@ -42,6 +42,32 @@ class Builder:
         self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
         return name
 
+    def layer_norm(self, x, name, d, epsilon):
+        g = self.const(f"{name}.g", (1.0 + 0.1 * self.rng.standard_normal(d)).astype(np.float32))
+        beta = self.const(f"{name}.b", (0.1 * self.rng.standard_normal(d)).astype(np.float32))
+        return self.node("LayerNormalization", [x, g, beta], name, axis=-1, epsilon=epsilon)
+
+    def linear(self, x, fin, fout, name, scale):
+        y = self.node("MatMul", [x, self.weight(f"{name}.w", (fin, fout), scale)], f"{name}.mm")
+        return self.node("Add", [y, self.weight(f"{name}.b", (fout,), 0.01)], name)
+
+    def gelu(self, m, name):
+        """Exact GELU; needs the constants `half`, `one` and `inv_sqrt2`."""
+        erf = self.node("Erf", [self.node("Mul", [m, "inv_sqrt2"], f"{name}.s")], f"{name}.erf")
+        return self.node("Mul", [self.node("Mul", [m, "half"], f"{name}.h"), self.node("Add", [erf, "one"], f"{name}.e1")], name)
+
+    def attention(self, x, p, d, linear, out, mask=None):
+        """Multi-head self-attention of block `p` and its output projection `{p}.{out}`; needs the
+        constants `heads_shape`, `model_shape` and `scale`."""
+        q, k, v = (self.node("Transpose", [self.node("Reshape", [linear(x, d, d, f"{p}.{n}"), "heads_shape"], f"{p}.{n}.heads")],
+                             f"{p}.{n}.t", perm=perm) for n, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])))
+        scores = self.node("Mul", [self.node("MatMul", [q, k], f"{p}.qk"), "scale"], f"{p}.scaled")
+        if mask is not None:
+            scores = self.node("Add", [scores, mask], f"{p}.masked")
+        probs = self.node("Softmax", [scores], f"{p}.probs", axis=-1)
+        ctx = self.node("Transpose", [self.node("MatMul", [probs, v], f"{p}.ctx")], f"{p}.ctx.t", perm=[0, 2, 1, 3])
+        return linear(self.node("Reshape", [ctx, "model_shape"], f"{p}.ctx.merged"), d, d, f"{p}.{out}")
+
     def save(self, path, graph_name, inputs, outputs):
         graph = helper.make_graph(self.nodes, graph_name, inputs, outputs, self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -95,27 +121,15 @@ def gpt(path, d, tokens, blocks=2, heads=2):
     b.const("inv_sqrt2", np.array(1.0 / np.sqrt(2.0), np.float32))
 
     def layer_norm(x, name):
-        g = b.const(f"{name}.g", (1.0 + 0.1 * b.rng.standard_normal(d)).astype(np.float32))
-        beta = b.const(f"{name}.b", (0.1 * b.rng.standard_normal(d)).astype(np.float32))
-        return b.node("LayerNormalization", [x, g, beta], name, axis=-1, epsilon=1e-5)
+        return b.layer_norm(x, name, d, 1e-5)
 
     def linear(x, fin, fout, name):
-        y = b.node("MatMul", [x, b.weight(f"{name}.w", (fin, fout), 0.02 * np.sqrt(64 / fin))], f"{name}.mm")
-        return b.node("Add", [y, b.weight(f"{name}.b", (fout,), 0.01)], name)
+        return b.linear(x, fin, fout, name, 0.02 * np.sqrt(64 / fin))
 
     for i in range(blocks):
         p = f"h{i}"
-        a = layer_norm(h, f"{p}.ln1")
-        q, k, v = (b.node("Transpose", [b.node("Reshape", [linear(a, d, d, f"{p}.{n}"), "heads_shape"], f"{p}.{n}.heads")],
-                          f"{p}.{n}.t", perm=perm) for n, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])))
-        scores = b.node("Mul", [b.node("MatMul", [q, k], f"{p}.qk"), "scale"], f"{p}.scaled")
-        probs = b.node("Softmax", [b.node("Add", [scores, "causal_mask"], f"{p}.masked")], f"{p}.probs", axis=-1)
-        ctx = b.node("Transpose", [b.node("MatMul", [probs, v], f"{p}.ctx")], f"{p}.ctx.t", perm=[0, 2, 1, 3])
-        attn = linear(b.node("Reshape", [ctx, "model_shape"], f"{p}.ctx.merged"), d, d, f"{p}.proj")
-        h = b.node("Add", [h, attn], f"{p}.res1")
-        m = linear(layer_norm(h, f"{p}.ln2"), d, 4 * d, f"{p}.fc")
-        erf = b.node("Erf", [b.node("Mul", [m, "inv_sqrt2"], f"{p}.gelu.s")], f"{p}.gelu.erf")
-        gelu = b.node("Mul", [b.node("Mul", [m, "half"], f"{p}.gelu.h"), b.node("Add", [erf, "one"], f"{p}.gelu.e1")], f"{p}.gelu")
+        h = b.node("Add", [h, b.attention(layer_norm(h, f"{p}.ln1"), p, d, linear, "proj", mask="causal_mask")], f"{p}.res1")
+        gelu = b.gelu(linear(layer_norm(h, f"{p}.ln2"), d, 4 * d, f"{p}.fc"), f"{p}.gelu")
         h = b.node("Add", [h, linear(gelu, 4 * d, d, f"{p}.mlp")], f"{p}.res2")
     h = layer_norm(h, "ln_f")
     flat = b.node("Reshape", [h, b.const("rows_shape", np.array([tokens, d], np.int64))], "ln_f.rows")
