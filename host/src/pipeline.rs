@@ -29,6 +29,7 @@ pub struct Pipeline {
     stages: Vec<Segment>,
     stages_are_segments: bool,
     concurrent_shards: bool,
+    stage_ms: Vec<f64>,
 }
 
 impl Pipeline {
@@ -59,7 +60,7 @@ impl Pipeline {
                 vec![composed.map_err(|source| Error::Stage { index: 0, file: "pipeline.wasm".into(), cause: source })?]
             }
         };
-        Ok(Pipeline { plan, stages, stages_are_segments: mode == Mode::Segments, concurrent_shards: true })
+        Ok(Pipeline { plan, stages, stages_are_segments: mode == Mode::Segments, concurrent_shards: true, stage_ms: Vec::new() })
     }
 
     /// Whether the shards of a group run concurrently (the default) or one after another (to measure
@@ -71,6 +72,12 @@ impl Pipeline {
     /// The plan being run.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Wall time of each stage of the plan (a segment, or a group's shards together) in the last
+    /// [`Pipeline::infer`], ms; one entry for the composed pipeline.
+    pub fn stage_ms(&self) -> &[f64] {
+        &self.stage_ms
     }
 
     /// The loaded stages (one per segment, or one for the composed pipeline).
@@ -87,7 +94,9 @@ impl Pipeline {
             false => vec![vec![0]],
         };
         let mut slots: Vec<Option<&mut Segment>> = self.stages.iter_mut().map(Some).collect();
+        let mut stage_ms = Vec::with_capacity(groups.len());
         for members in groups {
+            let started = std::time::Instant::now();
             let mut running: Vec<(usize, &mut Segment)> = members.iter().map(|&i| (i, slots[i].take().expect("each segment runs once"))).collect();
             let call = |index: usize, stage: &mut Segment, env: &HashMap<String, Tensor>| {
                 let wanted: Vec<Tensor> = stage.info().inputs.iter().filter_map(|spec| env.get(&spec.name).cloned()).collect();
@@ -106,7 +115,9 @@ impl Pipeline {
             for result in results {
                 env.extend(result?.into_iter().map(|t| (t.name.clone(), t)));
             }
+            stage_ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
+        self.stage_ms = stage_ms;
         self.plan
             .model
             .outputs

@@ -55,6 +55,17 @@ pub struct GroupFacts {
     pub largest_shard_memory: u64,
 }
 
+/// One stage's wall time: a segment, or a group's shards from the first call to the last answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageTime {
+    /// Its functions (shards of a group, or 1).
+    pub functions: usize,
+    /// Median ms with the shards concurrent.
+    pub concurrent_ms: f64,
+    /// Median ms with the shards one after another.
+    pub sequential_ms: f64,
+}
+
 /// The measurements.
 #[derive(Clone, Debug, Serialize)]
 pub struct ShardBench {
@@ -80,6 +91,8 @@ pub struct ShardBench {
     pub concurrent: Timing,
     /// The wasm pipeline, shards one after another.
     pub sequential: Timing,
+    /// Each stage of the plan: its shards (1 for a segment) and its median wall time in both runs.
+    pub stage_times: Vec<StageTime>,
     /// Whether both wasm runs reproduced native tract within 1e-4.
     pub outputs_match: bool,
 }
@@ -125,18 +138,31 @@ pub fn run(options: &ShardBenchOptions, engine: &Engine, log: &mut dyn FnMut(&st
 
     let mut pipeline = Pipeline::load(engine, &options.out, Mode::Segments, Duration::from_secs(600))?;
     let mut outputs_match = true;
-    let mut timing = |pipeline: &mut Pipeline| -> Result<Timing> {
+    let mut timing = |pipeline: &mut Pipeline| -> Result<(Timing, Vec<f64>)> {
         let got = pipeline.infer(&wire)?;
         for ((name, want), got) in expected.iter().zip(&got) {
             outputs_match &= compare(name, want, &pipeline::from_wire(got)?, 1e-4)?.passed;
         }
-        times(&mut || pipeline.infer(&wire).map(drop))
+        let mut per_stage: Vec<Vec<f64>> = vec![Vec::new(); pipeline.plan().stages.len()];
+        let total = times(&mut || {
+            pipeline.infer(&wire)?;
+            per_stage.iter_mut().zip(pipeline.stage_ms()).for_each(|(ms, &t)| ms.push(t));
+            Ok(())
+        })?;
+        // `times` warms up with one call first, which is left out as it is from `total`.
+        Ok((total, per_stage.iter().map(|ms| Timing::from_ms(&ms[1..]).map_or(f64::NAN, |t| t.median_ms)).collect()))
     };
     log("the wasm pipeline, shards concurrently");
-    let concurrent = timing(&mut pipeline)?;
+    let (concurrent, concurrent_stages) = timing(&mut pipeline)?;
     log("the wasm pipeline, shards one after another");
     pipeline.set_concurrent_shards(false);
-    let sequential = timing(&mut pipeline)?;
+    let (sequential, sequential_stages) = timing(&mut pipeline)?;
+    let stage_times = plan
+        .stages
+        .iter()
+        .zip(concurrent_stages.iter().zip(&sequential_stages))
+        .map(|(stage, (&concurrent_ms, &sequential_ms))| StageTime { functions: stage.segments.len(), concurrent_ms, sequential_ms })
+        .collect();
 
     let groups = plan
         .stages
@@ -165,6 +191,7 @@ pub fn run(options: &ShardBenchOptions, engine: &Engine, log: &mut dyn FnMut(&st
         native,
         concurrent,
         sequential,
+        stage_times,
         outputs_match,
     })
 }
@@ -194,6 +221,10 @@ impl ShardBench {
             md.push_str(&format!("| {name} | {:.1} | {:.1} | {:.2}x |\n", t.median_ms, t.min_ms, t.median_ms / self.native.median_ms));
         }
         md.push_str(&format!("\nconcurrent vs sequential: {:.2}x faster\n", self.sequential.median_ms / self.concurrent.median_ms));
+        md.push_str("\n| stage | functions | concurrent ms | one after another ms | gain |\n|---:|---:|---:|---:|---:|\n");
+        for (i, s) in self.stage_times.iter().enumerate() {
+            md.push_str(&format!("| {i} | {} | {:.1} | {:.1} | {:.2}x |\n", s.functions, s.concurrent_ms, s.sequential_ms, s.sequential_ms / s.concurrent_ms));
+        }
         md
     }
 }
