@@ -484,9 +484,10 @@ pub fn run(options: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<Report> 
     };
 
     log("onnxruntime (1 thread): timing");
-    let onnxruntime = reference::onnxruntime(options, &input_specs, &inputs, &output_specs, &expected);
+    let feeds = reference::feeds(options, &input_specs, &inputs);
+    let onnxruntime = reference::onnxruntime(options, &feeds, &output_specs, &expected);
     log("onnxruntime-web (wasm, 1 thread): timing");
-    let onnxruntime_web = reference::onnxruntime_web(options, &input_specs, &inputs, &output_specs, &expected);
+    let onnxruntime_web = reference::onnxruntime_web(options, &feeds, &output_specs, &expected);
 
     log("wasm runtime: compiling with an empty cache");
     let cache = out.join("compile-cache");

@@ -69,21 +69,35 @@ struct External {
     args: Vec<OsString>,
 }
 
+/// The inputs as the engines read them: each written once as `.npy` into `OUT/inputs`, listed as
+/// the JSON `[name, path]` pairs both scripts take; `Err` says why they could not be written.
+pub(super) fn feeds(options: &BenchOptions, specs: &[TensorSpec], inputs: &HashMap<String, TractTensor>) -> Result<String, String> {
+    let folder = options.out.join("inputs");
+    std::fs::create_dir_all(&folder).map_err(|e| format!("creating {}: {e}", folder.display()))?;
+    let mut feeds = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let path = folder.join(format!("input-{i}.npy"));
+        npy::write(&path, &spec.name, &inputs[&spec.name]).map_err(|e| e.to_string())?;
+        feeds.push((spec.name.clone(), absolute(&path)));
+    }
+    serde_json::to_string(&feeds).map_err(|e| e.to_string())
+}
+
 /// Runs onnxruntime (native, 1 thread) through `options.python`.
-pub(super) fn onnxruntime(options: &BenchOptions, specs: &[TensorSpec], inputs: &HashMap<String, TractTensor>, outputs: &[TensorSpec], expected: &[(String, TractTensor)]) -> OrtResult {
+pub(super) fn onnxruntime(options: &BenchOptions, feeds: &Result<String, String>, outputs: &[TensorSpec], expected: &[(String, TractTensor)]) -> OrtResult {
     let engine = External { name: "onnxruntime", program: options.python.clone(), args: vec!["-c".into(), ORT_SCRIPT.into()] };
-    run(&engine, options, specs, inputs, outputs, expected)
+    run(&engine, options, feeds, outputs, expected)
 }
 
 /// Runs onnxruntime-web's wasm backend (1 thread) on `options.node`, with the npm package
 /// `onnxruntime-web` resolved from `options.ort_web`.
-pub(super) fn onnxruntime_web(options: &BenchOptions, specs: &[TensorSpec], inputs: &HashMap<String, TractTensor>, outputs: &[TensorSpec], expected: &[(String, TractTensor)]) -> OrtResult {
+pub(super) fn onnxruntime_web(options: &BenchOptions, feeds: &Result<String, String>, outputs: &[TensorSpec], expected: &[(String, TractTensor)]) -> OrtResult {
     let script = options.out.join("inputs").join("ort_web.cjs");
-    if let Err(e) = std::fs::create_dir_all(options.out.join("inputs")).and_then(|()| std::fs::write(&script, ORT_WEB_SCRIPT)) {
+    if let Err(e) = std::fs::write(&script, ORT_WEB_SCRIPT) {
         return unavailable(format!("writing {}: {e}", script.display()));
     }
     let engine = External { name: "onnxruntime-web", program: options.node.clone(), args: vec![absolute(&script).into(), absolute(&options.ort_web).into()] };
-    run(&engine, options, specs, inputs, outputs, expected)
+    run(&engine, options, feeds, outputs, expected)
 }
 
 /// Why the engine did not run, on one line (engines' messages may span several).
@@ -92,28 +106,16 @@ fn unavailable(reason: String) -> OrtResult {
     OrtResult { version: None, prepare_ms: None, timing: None, checks: vec![], unavailable: Some(reason) }
 }
 
-fn run(engine: &External, options: &BenchOptions, specs: &[TensorSpec], inputs: &HashMap<String, TractTensor>, outputs: &[TensorSpec], expected: &[(String, TractTensor)]) -> OrtResult {
-    let folder = options.out.join("inputs");
-    let mut feeds = Vec::new();
-    if let Err(e) = std::fs::create_dir_all(&folder) {
-        return unavailable(format!("creating {}: {e}", folder.display()));
-    }
-    for (i, spec) in specs.iter().enumerate() {
-        let path = folder.join(format!("input-{i}.npy"));
-        if let Err(e) = npy::write(&path, &spec.name, &inputs[&spec.name]) {
-            return unavailable(e.to_string());
-        }
-        feeds.push((spec.name.clone(), absolute(&path)));
-    }
-    let feeds = match serde_json::to_string(&feeds) {
-        Ok(f) => f,
-        Err(e) => return unavailable(e.to_string()),
+fn run(engine: &External, options: &BenchOptions, feeds: &Result<String, String>, outputs: &[TensorSpec], expected: &[(String, TractTensor)]) -> OrtResult {
+    let feeds = match feeds {
+        Ok(feeds) => feeds,
+        Err(e) => return unavailable(e.clone()),
     };
     let output = Command::new(&engine.program)
         .args(&engine.args)
         .arg(absolute(&options.model))
         .arg(options.runs.to_string())
-        .arg(absolute(&folder))
+        .arg(absolute(&options.out.join("inputs")))
         .arg(feeds)
         .output();
     let output = match output {
