@@ -9,13 +9,16 @@
 //!   and packing from the weight itself, once the model has let go of it: a reshape keeps its buffer,
 //!   and a packed kernel is placed where its weight was (see [`fold`]);
 //! - every other pass stops its sweep after a patch that makes a large constant, so tract compacts
-//!   the model, freeing the constant it replaced, before the next one is made.
+//!   the model, freeing the constant it replaced, before the next one is made;
+//! - a pass that rewrites the model directly (codegen's merge of same-role matmul axes) folds the
+//!   reshapes it adds with tract's `prop_consts`, which copies a weight it still holds: large weights
+//!   are hidden from such a pass and their new reshapes left to [`FoldInPlace`] (see [`Hidden`]).
 //!
 //! The passes and their order are otherwise tract's own.
 
 use tract_onnx::prelude::{
     Arc, InferenceModel, InferenceModelExt, IntoArcTensor, IntoTValue, OutletId, TValue, TVec,
-    Tensor, TractResult, TypedModel, TypedNode, tvec,
+    Tensor, TractResult, TypedFact, TypedModel, TypedNode, TypedOp, tvec,
 };
 use tract_onnx::tract_core::internal::format_err;
 use tract_onnx::tract_core::model::TypedModelPatch;
@@ -72,7 +75,7 @@ impl TypedPass for FoldInPlace {
 
     fn run_direct(&mut self, model: &mut TypedModel) -> TractResult<bool> {
         let mut changed = false;
-        let mut several = None;
+        let mut freed_up_to = None;
         loop {
             let mut pending = Vec::new();
             for id in 0..model.nodes.len() {
@@ -80,11 +83,15 @@ impl TypedPass for FoldInPlace {
                     pending.push((id, chain));
                 }
             }
-            let Some((id, chain)) = pending.first() else {
+            let Some((id, chain)) = pending.iter().min_by_key(|(id, _)| weight_buffer(model, *id).start) else {
                 return Ok(changed);
             };
-            let several = *several.get_or_insert(pending.len() > 1);
-            fold(model, *id, chain, several)?;
+            let buffer = weight_buffer(model, *id);
+            let hole_below = freed_up_to.is_some_and(|end: usize| {
+                (end..=end + ALLOCATOR_GAP_BYTES).contains(&buffer.start)
+            });
+            let freed = fold(model, *id, chain, hole_below)?;
+            freed_up_to = freed.then_some(buffer.end);
             model.compact()?;
             changed = true;
         }
@@ -136,9 +143,11 @@ fn foldable_chain(model: &TypedModel, id: usize) -> TractResult<Option<Vec<usize
 /// When the last step makes the new buffer from the weight's own (a packing or a transposition right
 /// after the weight), the buffer is copied aside and freed first, so that the allocator puts the new
 /// constant where the weight was. It is about the weight's size (within 1/64: a packed kernel's
-/// alignment) and borrows the few bytes it lacks from the hole the previous weight left, so this is
-/// done only when `several` weights were to fold; a lone weight is folded directly, one copy less.
-fn fold(model: &mut TypedModel, id: usize, chain: &[usize], several: bool) -> TractResult<()> {
+/// alignment) and borrows the few bytes it lacks from the hole that the weight right below it left
+/// (weights fold from the lowest address up), so this is done only when there is such a
+/// `hole_below`; otherwise the weight is folded directly, one copy less, and leaves its own hole
+/// for the next. Returns whether the weight's buffer was freed.
+fn fold(model: &mut TypedModel, id: usize, chain: &[usize], hole_below: bool) -> TractResult<bool> {
     let eval = |model: &TypedModel, node: usize, value: TVec<TValue>| {
         model.nodes[node]
             .op
@@ -157,8 +166,9 @@ fn fold(model: &mut TypedModel, id: usize, chain: &[usize], several: bool) -> Tr
         .val()
         .clone();
     let buffer = weight.as_bytes().as_ptr();
-    let in_its_place = several
-        && !in_place(&model.nodes[last])
+    let new_buffer = !in_place(&model.nodes[last]);
+    let in_its_place = hole_below
+        && new_buffer
         && model
             .outlet_fact(OutletId::new(last, 0))?
             .mem_size()
@@ -188,7 +198,8 @@ fn fold(model: &mut TypedModel, id: usize, chain: &[usize], several: bool) -> Tr
         &[],
     )?[0];
     patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
-    patch.apply(model)
+    patch.apply(model)?;
+    Ok(new_buffer)
 }
 
 /// Whether `node` only changes the shape of its input, keeping its buffer.
@@ -204,9 +215,24 @@ fn in_place(node: &TypedNode) -> bool {
 fn release(model: &mut TypedModel, id: usize) {
     let node = &mut model.nodes[id];
     node.op = Box::new(Dummy);
+    release_node(node);
+}
+
+/// Forgets the value a node's fact records.
+fn release_node(node: &mut TypedNode) {
     node.outputs[0].fact.konst = None;
     node.outputs[0].fact.uniform = None;
 }
+
+/// The addresses of constant `id`'s bytes.
+fn weight_buffer(model: &TypedModel, id: usize) -> std::ops::Range<usize> {
+    let bytes = model.nodes[id].op_as::<Const>().expect("a constant").val().as_bytes().as_ptr_range();
+    bytes.start as usize..bytes.end as usize
+}
+
+/// How far apart two blocks allocated one after the other may lie: the allocator's block header and
+/// alignment.
+const ALLOCATOR_GAP_BYTES: usize = 256;
 
 fn bytes(t: &Tensor) -> usize {
     t.len() * t.datum_type().size_of()
@@ -239,7 +265,43 @@ impl TypedPass for StopAfterLargeConst {
     }
 
     fn run_direct(&mut self, model: &mut TypedModel) -> TractResult<bool> {
-        self.pass.run_direct(model)
+        let hidden = Hidden::take(model);
+        let changed = self.pass.run_direct(model);
+        hidden.restore(model);
+        changed
+    }
+}
+
+/// Large weights taken out of sight of a pass: each constant node's op becomes a [`Dummy`] with no
+/// known value, which tract's constant folding leaves alone, and gets its op and fact back by name
+/// (a pass may renumber nodes) once the pass is done; one the pass left unused is dropped.
+struct Hidden(Vec<(String, Box<dyn TypedOp>, TypedFact)>);
+
+impl Hidden {
+    fn take(model: &mut TypedModel) -> Hidden {
+        let mut hidden = Vec::new();
+        for node in &mut model.nodes {
+            let large = node
+                .op_as::<Const>()
+                .is_some_and(|c| !c.val().is_exotic() && bytes(c.val()) >= LARGE_CONST_BYTES)
+                && node.outputs[0].fact.uniform.is_none();
+            if large {
+                let fact = node.outputs[0].fact.clone();
+                release_node(node);
+                let op = std::mem::replace(&mut node.op, Box::new(Dummy));
+                hidden.push((node.name.clone(), op, fact));
+            }
+        }
+        Hidden(hidden)
+    }
+
+    fn restore(self, model: &mut TypedModel) {
+        for (name, op, fact) in self.0 {
+            if let Some(node) = model.nodes.iter_mut().find(|n| n.name == name && n.op_is::<Dummy>()) {
+                node.op = op;
+                node.outputs[0].fact = fact;
+            }
+        }
     }
 }
 
