@@ -42,11 +42,10 @@ pub fn unit_model(model: &OnnxModel, graph: &Graph, planned: &Planned, unit: &Un
             let weights: BTreeSet<usize> =
                 nodes.iter().flat_map(|&n| graph.nodes[n].inputs.iter().copied()).filter(|&t| graph.tensors[t].is_weight()).collect();
             for &w in &weights {
-                match graph.tensors[w].kind {
-                    TensorKind::Initializer(i) => initializers.push(source.initializer[i].clone()),
-                    TensorKind::Constant(i) => node_protos.push(source.node[i].clone()),
-                    TensorKind::Folded(i) => initializers.push(folded_initializer(graph, w, &graph.folded[i])),
-                    _ => unreachable!("weights are initializers or constants"),
+                match (weight_initializer(model, graph, w), graph.tensors[w].kind) {
+                    (Some(initializer), _) => initializers.push(initializer),
+                    (None, TensorKind::Constant(i)) => node_protos.push(source.node[i].clone()),
+                    (None, _) => unreachable!("only a Constant may have no tensor value"),
                 }
             }
             node_protos.extend(nodes.iter().map(|&n| source.node[graph.nodes[n].proto_index].clone()));
@@ -99,6 +98,56 @@ fn join_node(join: &JoinSpec) -> NodeProto {
         attribute,
         ..Default::default()
     }
+}
+
+/// The weight `t` as an initializer with its values in `raw_data` ([`with_raw_data`]), whatever holds it in
+/// the source: an initializer, a `Constant` node's `value`, or a value folded from weights. `None` for a
+/// `Constant` of another form (`value_floats`...), which stays a node.
+pub(crate) fn weight_initializer(model: &OnnxModel, graph: &Graph, t: usize) -> Option<pb::TensorProto> {
+    let source = model.graph();
+    let tensor = &graph.tensors[t];
+    let mut proto = match tensor.kind {
+        TensorKind::Initializer(i) => source.initializer[i].clone(),
+        TensorKind::Constant(i) => source.node[i].attribute.iter().find_map(|a| if a.name == "value" { a.t.clone() } else { None })?,
+        TensorKind::Folded(i) => folded_initializer(graph, t, &graph.folded[i]),
+        _ => unreachable!("weights are initializers, constants or folded"),
+    };
+    proto.name = tensor.name.clone();
+    Some(with_raw_data(proto))
+}
+
+/// `tensor` with its values in `raw_data` (little-endian) rather than in the typed fields
+/// (`float_data`, `int32_data`...), which some exporters write: the segment runtime reads a large
+/// `raw_data` straight from the blob into its tensor, while a typed field is decoded whole with the
+/// model, held beside the tensor made from it (mtcnn_onet's 1.1 MiB dense layer cost 8 MiB more to
+/// prepare). String tensors and tensors already raw are returned as they are.
+pub(crate) fn with_raw_data(mut tensor: pb::TensorProto) -> pb::TensorProto {
+    use pb::tensor_proto::DataType as D;
+    if !tensor.raw_data.is_empty() {
+        return tensor;
+    }
+    let narrow = |values: &[i32], bytes: usize| values.iter().flat_map(|v| v.to_le_bytes()[..bytes].to_vec()).collect::<Vec<u8>>();
+    let raw: Vec<u8> = match D::try_from(tensor.data_type) {
+        Ok(D::Float) => tensor.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Ok(D::Double) => tensor.double_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Ok(D::Int64) => tensor.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Ok(D::Uint64) => tensor.uint64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Ok(D::Uint32) => tensor.uint64_data.iter().flat_map(|v| (*v as u32).to_le_bytes()).collect(),
+        Ok(D::Int32) => narrow(&tensor.int32_data, 4),
+        Ok(D::Int16 | D::Uint16 | D::Float16 | D::Bfloat16) => narrow(&tensor.int32_data, 2),
+        Ok(D::Int8 | D::Uint8 | D::Bool) => narrow(&tensor.int32_data, 1),
+        _ => return tensor,
+    };
+    if raw.is_empty() {
+        return tensor;
+    }
+    tensor.raw_data = raw;
+    tensor.float_data.clear();
+    tensor.double_data.clear();
+    tensor.int32_data.clear();
+    tensor.int64_data.clear();
+    tensor.uint64_data.clear();
+    tensor
 }
 
 /// An initializer holding a folded value, in the tensor's declared element type.

@@ -3,7 +3,7 @@
 
 use tract_onnx::pb::{self, AttributeProto, NodeProto, TensorProto};
 
-use crate::onnx::{ElemType, Graph, OnnxModel, TensorId, TensorKind};
+use crate::onnx::{ElemType, Graph, OnnxModel, TensorId};
 use crate::plan::shard::{ShardPlan, Strategy};
 use crate::{Error, Result};
 
@@ -39,22 +39,9 @@ fn int_scalar(name: String, dtype: ElemType, value: i64) -> TensorProto {
     tensor(name, dtype, vec![], raw)
 }
 
-/// The weight `t` as an initializer proto, whatever holds it in the source.
+/// The weight `t` as an initializer ([`super::weight_initializer`]).
 fn weight_proto(model: &OnnxModel, graph: &Graph, t: TensorId) -> Result<TensorProto> {
-    let source = model.graph();
-    let tensor = &graph.tensors[t];
-    let mut proto = match tensor.kind {
-        TensorKind::Initializer(i) => source.initializer[i].clone(),
-        TensorKind::Constant(i) => source.node[i]
-            .attribute
-            .iter()
-            .find_map(|a| if a.name == "value" { a.t.clone() } else { None })
-            .ok_or_else(|| unsupported(tensor, "is a Constant without a `value` tensor"))?,
-        TensorKind::Folded(i) => super::folded_initializer(graph, t, &graph.folded[i]),
-        _ => unreachable!("weights are initializers, constants or folded"),
-    };
-    proto.name = tensor.name.clone();
-    Ok(proto)
+    super::weight_initializer(model, graph, t).ok_or_else(|| unsupported(&graph.tensors[t], "is a Constant without a `value` tensor"))
 }
 
 fn unsupported(tensor: &crate::onnx::Tensor, reason: &str) -> Error {
@@ -63,21 +50,14 @@ fn unsupported(tensor: &crate::onnx::Tensor, reason: &str) -> Error {
 
 /// A weight's data as little-endian bytes.
 fn raw_bytes(graph: &Graph, t: TensorId, proto: &TensorProto) -> Result<Vec<u8>> {
-    if !proto.raw_data.is_empty() {
-        return Ok(proto.raw_data.clone());
+    let raw = proto.raw_data.clone();
+    if raw.is_empty() {
+        return Err(unsupported(&graph.tensors[t], &format!("stores {} outside raw_data", graph.tensors[t].dtype)));
     }
-    let dtype = graph.tensors[t].dtype;
-    let bytes: Vec<u8> = match dtype {
-        ElemType::F32 => proto.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ElemType::F64 => proto.double_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ElemType::I64 => proto.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ElemType::I32 => proto.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        _ => return Err(unsupported(&graph.tensors[t], &format!("stores {dtype} outside raw_data"))),
-    };
-    if bytes.len() as u64 != graph.tensors[t].bytes() {
+    if raw.len() as u64 != graph.tensors[t].bytes() {
         return Err(unsupported(&graph.tensors[t], "holds fewer values than its shape"));
     }
-    Ok(bytes)
+    Ok(raw)
 }
 
 /// Rows `[lo, hi)` of `axis` of a row-major array of `dims` with elements of `size` bytes.
