@@ -6,7 +6,7 @@ use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::prelude::{InferenceModel, TypedFact};
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::prelude::{
-    Arc, DatumType, Framework, InferenceFact, IntoRunnable, IntoTValue, TValue, TVec,
+    Arc, DatumType, Framework, InferenceFact, IntoTValue, TValue, TVec,
     Tensor as TractTensor, TypedRunnableModel,
 };
 use tract_onnx::tract_core::plan::eval;
@@ -14,7 +14,7 @@ use tract_onnx::tract_core::plan::eval;
 use crate::blob::{Skeleton, Weight};
 use crate::contract::{Contract, type_name};
 use crate::exports::netless::inference::profile::NodeTime;
-use crate::netless::inference::types::{Error, Tensor, TensorType};
+use crate::netless::inference::types::{Error, Tensor, TensorSpec, TensorType};
 
 /// A model optimised and ready to run; outputs that merely pass an input through are not in it.
 pub struct Prepared {
@@ -50,9 +50,10 @@ impl Prepared {
         let mut skeleton = skeleton;
         crate::dequantize::at_read(&mut skeleton).map_err(Error::Unsupported)?;
         let Skeleton { proto, weights } = skeleton;
-        let mut model = tract_onnx::onnx()
+        let mut model = crate::prelu::onnx()
             .model_for_proto_model(&proto)
             .map_err(unsupported)?;
+        let file_order = node_names(&proto);
         drop(proto);
         for weight in &weights {
             fill(&mut model, weight)?;
@@ -92,9 +93,8 @@ impl Prepared {
         }
         let mut model = crate::optimize::optimize(model).map_err(unsupported)?;
         netless_checks::wrap(&mut model);
-        let plan = model
-            .into_runnable()
-            .map_err(unsupported)?;
+        crate::pad::replace(&mut model);
+        let plan = crate::order::runnable(model, &file_order).map_err(unsupported)?;
         Ok(Prepared {
             plan: Some(plan),
             input_order,
@@ -102,34 +102,56 @@ impl Prepared {
         })
     }
 
-    /// Runs the model on validated inputs (in contract order); returns the computed outputs.
-    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
-        let Some(plan) = &self.plan else {
-            return Ok(Vec::new());
-        };
-        let results = plan.run(self.feed(inputs)?).map_err(run_error)?;
-        results
+    /// Runs the model on validated inputs (in contract order) and returns the contract's `outputs`, in
+    /// order. An input that is also an output travels on as it came. Every other input's wire bytes
+    /// are freed as soon as tract holds the tensor, and the computed outputs move from tract's buffers
+    /// to their wire form one at a time, so the call holds a second copy of at most one tensor.
+    pub fn run(&self, inputs: Vec<Tensor>, outputs: &[TensorSpec]) -> Result<Vec<Tensor>, Error> {
+        let mut inputs: Vec<Option<Tensor>> = inputs.into_iter().map(Some).collect();
+        let passed = |name: &str| outputs.iter().any(|o| o.name == name);
+        let mut computed = Vec::with_capacity(self.outputs.len());
+        if let Some(plan) = &self.plan {
+            let results = plan.run(self.feed(&mut inputs, passed)?).map_err(run_error)?;
+            for (t, name) in results.into_iter().zip(&self.outputs) {
+                computed.push(from_tract(name, t)?);
+            }
+        }
+        let mut computed = computed.into_iter();
+        outputs
             .iter()
-            .zip(&self.outputs)
-            .map(|(t, name)| from_tract(name, t))
+            .map(|spec| {
+                let passed = inputs.iter_mut().find(|t| t.as_ref().is_some_and(|t| t.name == spec.name));
+                match passed {
+                    Some(passed) => Ok(passed.take().expect("found above")),
+                    None => computed.next().ok_or_else(|| {
+                        Error::Internal(format!("the model computed no tensor for output `{}`", spec.name))
+                    }),
+                }
+            })
             .collect()
     }
 
     /// Runs the model as [`Prepared::run`] does, timing every node of the plan.
-    pub fn profile(&self, inputs: &[Tensor]) -> Result<Vec<NodeTime>, Error> {
+    pub fn profile(&self, inputs: Vec<Tensor>) -> Result<Vec<NodeTime>, Error> {
         let Some(plan) = &self.plan else {
             return Ok(Vec::new());
         };
+        let mut inputs: Vec<Option<Tensor>> = inputs.into_iter().map(Some).collect();
+        let feed = self.feed(&mut inputs, |_| false)?;
         let mut times = Vec::new();
         let mut state = plan.spawn().map_err(internal)?;
         state
-            .run_plan_with_eval(self.feed(inputs)?, |context, op_state, node, input| {
+            .run_plan_with_eval(feed, |context, op_state, node, input| {
+                crate::alloc::take_peak_bytes();
                 let started = Instant::now();
                 let output = eval(context, op_state, node, input);
+                let nanos = started.elapsed().as_nanos() as u64;
                 times.push(NodeTime {
                     name: node.name.clone(),
                     op: node.op().name().to_string(),
-                    nanos: started.elapsed().as_nanos() as u64,
+                    nanos,
+                    peak_bytes: crate::alloc::take_peak_bytes(),
+                    live_bytes: crate::alloc::live_bytes(),
                 });
                 output
             })
@@ -137,12 +159,36 @@ impl Prepared {
         Ok(times)
     }
 
-    fn feed(&self, inputs: &[Tensor]) -> Result<TVec<TValue>, Error> {
+    /// The model's inputs as tract tensors; the wire form of each is dropped once converted unless
+    /// `keep` names it.
+    fn feed(
+        &self,
+        inputs: &mut [Option<Tensor>],
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<TVec<TValue>, Error> {
         self.input_order
             .iter()
-            .map(|&i| to_tract(&inputs[i]).map(IntoTValue::into_tvalue))
+            .map(|&i| {
+                let wire = inputs[i].as_ref().expect("each input feeds one model input");
+                let tensor = to_tract(wire)?;
+                if !keep(&wire.name) {
+                    inputs[i] = None;
+                }
+                Ok(tensor.into_tvalue())
+            })
             .collect()
     }
+}
+
+/// The names tract gives the model's nodes, in file order: the ONNX name, else the first output's.
+fn node_names(proto: &tract_onnx::pb::ModelProto) -> Vec<String> {
+    let nodes = proto.graph.iter().flat_map(|g| &g.node);
+    nodes
+        .map(|n| match (n.name.is_empty(), n.output.first()) {
+            (true, Some(output)) => output.clone(),
+            _ => n.name.clone(),
+        })
+        .collect()
 }
 
 /// Replaces the placeholder constant of `weight` by the weight itself, read from the blob.
@@ -229,7 +275,8 @@ fn to_tract(t: &Tensor) -> Result<TractTensor, Error> {
         .map_err(|e| Error::InvalidInput(format!("input `{}`: {e:#}", t.name)))
 }
 
-fn from_tract(name: &str, t: &TractTensor) -> Result<Tensor, Error> {
+/// The wire form of a computed output; tract's buffer is freed on return.
+fn from_tract(name: &str, t: TValue) -> Result<Tensor, Error> {
     let ty = match t.datum_type() {
         DatumType::F16 => TensorType::F16,
         DatumType::F32 => TensorType::F32,

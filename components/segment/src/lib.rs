@@ -12,6 +12,9 @@ mod dequantize;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod kernels;
 mod optimize;
+mod order;
+mod pad;
+mod prelu;
 
 use std::cell::OnceCell;
 
@@ -60,22 +63,7 @@ impl Guest for Runtime {
         with_loaded(|loaded| {
             let model = loaded.model.as_ref().map_err(Clone::clone)?;
             let inputs = loaded.contract.validate(inputs)?;
-            let mut computed = model.run(&inputs)?.into_iter();
-            loaded
-                .contract
-                .info
-                .outputs
-                .iter()
-                .map(|spec| match inputs.iter().find(|t| t.name == spec.name) {
-                    Some(passed) => Ok(passed.clone()),
-                    None => computed.next().ok_or_else(|| {
-                        Error::Internal(format!(
-                            "the model computed no tensor for output `{}`",
-                            spec.name
-                        ))
-                    }),
-                })
-                .collect()
+            model.run(inputs, &loaded.contract.info.outputs)
         })
     }
 }
@@ -87,7 +75,7 @@ impl exports::netless::inference::profile::Guest for Runtime {
         alloc::stop_zeroing();
         with_loaded(|loaded| {
             let model = loaded.model.as_ref().map_err(Clone::clone)?;
-            model.profile(&loaded.contract.validate(inputs)?)
+            model.profile(loaded.contract.validate(inputs)?)
         })
     }
 }

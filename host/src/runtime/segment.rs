@@ -77,7 +77,7 @@ pub enum SegmentError {
 /// The runtime's profiling interface.
 const PROFILE: &str = "netless:inference/profile@0.1.0";
 
-/// The time one node of a segment's plan took in one profiled inference.
+/// The time one node of a segment's plan took in one profiled inference, and the guest heap it used.
 #[derive(Debug, Clone, PartialEq, Eq, ComponentType, Lift)]
 #[component(record)]
 pub struct NodeTime {
@@ -87,6 +87,12 @@ pub struct NodeTime {
     pub op: String,
     /// Wall-clock time of its evaluation.
     pub nanos: u64,
+    /// The most bytes the guest's allocator held while it ran.
+    #[component(name = "peak-bytes")]
+    pub peak_bytes: u64,
+    /// Bytes the guest's allocator held once it was done.
+    #[component(name = "live-bytes")]
+    pub live_bytes: u64,
 }
 
 /// How a segment's instance is put together.
