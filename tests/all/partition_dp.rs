@@ -170,8 +170,9 @@ fn crossing_sets_match_their_definition() {
 }
 
 /// The activations alive while each position runs are the tensors made at or before it (or given as
-/// inputs) and needed at or after it (or returned), except the input of a Relu it is the last to read,
-/// which tract overwrites with the Relu's output.
+/// inputs) and needed at or after it (or returned), except the input of a Relu (or an operand of an Add)
+/// it is the last to read, which tract overwrites with its output; a MatMul also holds its activation's
+/// packed copy, first with the activation, then with its output.
 #[test]
 fn live_bytes_match_their_definition() {
     let mut written_over = 0;
@@ -191,19 +192,31 @@ fn live_bytes_match_their_definition() {
                 };
                 let mut want: u64 = (0..graph.tensors.len()).filter(|&t| alive(t)).map(|t| graph.tensors[t].bytes()).sum();
                 let n = &graph.nodes[node];
-                if n.op_type == "Relu" {
-                    let input = n.inputs[0];
-                    let last_reader = graph.tensors[input].consumers.iter().all(|&c| position(c) <= pos);
-                    if last_reader && !graph.outputs.contains(&input) {
-                        want -= graph.tensors[input].bytes();
-                        written_over += 1;
+                let bytes = |t: usize| graph.tensors[t].bytes();
+                let dies_here = |t: usize| graph.tensors[t].consumers.iter().all(|&c| position(c) <= pos) && !graph.outputs.contains(&t);
+                match n.op_type.as_str() {
+                    // in place over its input, or over an operand of an Add of two distinct tensors
+                    "Relu" | "Add" if n.operands.iter().flatten().count() == n.inputs.len() => {
+                        if let Some(&input) = n.inputs.iter().find(|&&t| dies_here(t)) {
+                            want -= bytes(input);
+                            written_over += 1;
+                        }
                     }
+                    // the activation is packed for the kernel: held with its packed copy, then the packed
+                    // copy with the output
+                    "MatMul" => {
+                        let (a, out) = (n.inputs[0], n.outputs[0]);
+                        let before = want - bytes(out);
+                        let freed = if dies_here(a) { bytes(a) } else { 0 };
+                        want = (before + bytes(a)).max(before - freed + bytes(a) + bytes(out));
+                    }
+                    _ => {}
                 }
                 assert_eq!(live.live_bytes[pos], want, "seed {seed} order {name} position {pos}");
             }
         }
     }
-    assert!(written_over > 0, "the random graphs have Relus that write over their input");
+    assert!(written_over > 0, "the random graphs have Relus and Adds that write over an input");
 }
 
 /// Each order the planner tries is a topological order of all nodes.

@@ -13,7 +13,7 @@ fn chromium() -> Option<PathBuf> {
     prerequisite(found.unwrap_or_else(|| PathBuf::from("/usr/bin/chromium")), "apt-get install chromium")
 }
 
-/// resnet18 under 32 MiB (8 functions, 3 of them shards): the browser's DOM has one budget bar per
+/// resnet18 under 16 MiB (12 functions, 6 of them shards): the browser's DOM has one budget bar per
 /// function and one box per node, the page needs nothing from outside, and it renders to a picture.
 #[test]
 fn the_split_is_drawn_as_a_page_a_browser_renders() {
@@ -21,7 +21,7 @@ fn the_split_is_drawn_as_a_page_a_browser_renders() {
     let Some(browser) = chromium() else { return };
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("plan.html");
-    let out = netless(&["plan", model.to_str().unwrap(), "--max-memory", "32MiB", "--html", page.to_str().unwrap()]);
+    let out = netless(&["plan", model.to_str().unwrap(), "--max-memory", "16MiB", "--html", page.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let functions: usize = stdout.split(" functions,").next().and_then(|s| s.rsplit('(').next()).and_then(|n| n.parse().ok()).expect("the plan's header");

@@ -201,7 +201,7 @@ fn a_limit_too_small_for_one_column_names_the_node_and_the_smallest_limit() {
     let path = one_matmul(dir.path(), 1 << 16);
     let out = dir.path().join("out");
     let split = |limit: &str| netless(&["split", path.to_str().unwrap(), "--max-memory", limit, "-o", out.to_str().unwrap()]);
-    let err = failure(&split("7MiB"));
+    let err = failure(&split("3MiB"));
     assert!(err.contains("node `a`") && err.contains("shards of one output column") && err.contains("the smallest limit that works is"), "{err}");
     let smallest = err.split("the smallest limit that works is ").nth(1).unwrap().split(' ').next().unwrap().to_string();
     let ok = split(&smallest);
@@ -253,7 +253,7 @@ fn the_spin_app_fans_out_to_the_shards_and_deploys_one_spinapp_per_shard() {
     let dir = tempfile::tempdir().unwrap();
     let path = one_matmul(dir.path(), 1 << 14);
     let out = dir.path().join("out");
-    let ok = netless(&["split", path.to_str().unwrap(), "--max-memory", "16MiB", "-o", out.to_str().unwrap()]);
+    let ok = netless(&["split", path.to_str().unwrap(), "--max-memory", "8MiB", "-o", out.to_str().unwrap()]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let plan = Plan::load(&out).unwrap();
     let shards = plan.segments.iter().filter(|s| s.shard.is_some()).count();

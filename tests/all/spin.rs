@@ -160,7 +160,7 @@ fn the_repository_spin_toml_is_the_demo_models_app() {
     let committed = Manifest::read(&root.join("spin.toml")).expect("spin.toml is a valid manifest");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let split = crate::common::netless(&["split", model.to_str().unwrap(), "--max-memory", "24MiB", "-o", out.to_str().unwrap()]);
+    let split = crate::common::netless(&["split", model.to_str().unwrap(), "--max-memory", "12MiB", "-o", out.to_str().unwrap()]);
     assert!(split.status.success(), "{}", String::from_utf8_lossy(&split.stderr));
     let options = spin_app::SpinOptions { prefix: "out/demo/".into(), build_command: "bash scripts/build-spin-app.sh".into(), ..spin_app::SpinOptions::in_split() };
     let generated = spin_app::manifest(&Plan::load(&out).unwrap(), &options).unwrap();

@@ -111,7 +111,7 @@ def app(tmp_path_factory):
     if not MODEL.exists():
         pytest.skip(f"missing {MODEL}: run scripts/fetch_models.py")
     out = tmp_path_factory.mktemp("spin") / "split"
-    subprocess.run([NETLESS, "split", str(MODEL), "--max-memory", "24MiB", "-o", str(out)], check=True, capture_output=True)
+    subprocess.run([NETLESS, "split", str(MODEL), "--max-memory", "12MiB", "-o", str(out)], check=True, capture_output=True)
     subprocess.run([NETLESS, "build", str(out), "--spin"], check=True, capture_output=True)
     plan = json.loads((out / "plan.json").read_text())
     assert len(plan["segments"]) >= 2, "the test needs a real split"
@@ -245,7 +245,7 @@ def test_real_spin_runs_the_image_netless_pushed(app, registry, tmp_path):
 
 
 def test_real_spin_fans_out_to_the_shards_of_a_node_bigger_than_the_limit(tmp_path):
-    """A MatMul whose weights (4 MiB) exceed what one function may hold under 16 MiB runs as parallel
+    """A MatMul whose weights (4 MiB) exceed what one function may hold under 8 MiB runs as parallel
     shards: the gateway calls them concurrently over service chaining and joins their columns; the
     answer equals onnxruntime on the unsplit model."""
     import onnx
@@ -262,7 +262,7 @@ def test_real_spin_fans_out_to_the_shards_of_a_node_bigger_than_the_limit(tmp_pa
     onnx.checker.check_model(model)
     onnx.save(model, tmp_path / "wide.onnx")
     out = tmp_path / "split"
-    subprocess.run([NETLESS, "split", str(tmp_path / "wide.onnx"), "--max-memory", "16MiB", "-o", str(out)], check=True, capture_output=True)
+    subprocess.run([NETLESS, "split", str(tmp_path / "wide.onnx"), "--max-memory", "8MiB", "-o", str(out)], check=True, capture_output=True)
     plan = json.loads((out / "plan.json").read_text())
     groups = [s for s in plan["stages"] if "group" in s]
     assert len(groups) == 1 and len(groups[0]["segments"]) >= 2, plan["stages"]

@@ -67,7 +67,7 @@ def built(tmp_path_factory):
     if not MODEL.exists():
         pytest.skip(f"missing {MODEL}: run scripts/fetch_models.py")
     out = tmp_path_factory.mktemp("serve") / "split"
-    subprocess.run([NETLESS, "split", str(MODEL), "--max-memory", "24MiB", "-o", str(out)], check=True, capture_output=True)
+    subprocess.run([NETLESS, "split", str(MODEL), "--max-memory", "12MiB", "-o", str(out)], check=True, capture_output=True)
     subprocess.run([NETLESS, "build", str(out)], check=True, capture_output=True)
     return out
 
@@ -206,7 +206,7 @@ def test_up_model_splits_and_builds_once(tmp_path):
     env = dict(os.environ, HOME=str(tmp_path), NETLESS_CACHE=os.environ.get(
         "NETLESS_CACHE", str(pathlib.Path.home() / ".cache/netless/compiled")))
     for expected in ("built", "using"):
-        server = Server(MODEL, "--max-memory", "24MiB", env=env)
+        server = Server(MODEL, "--max-memory", "12MiB", env=env)
         try:
             assert server.client.is_model_ready(NAME)
         finally:

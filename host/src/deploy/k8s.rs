@@ -129,10 +129,11 @@ pub struct Deployment {
     pub files: Vec<(String, String)>,
 }
 
-/// Builds the manifests for `plan`.
-pub fn manifests(plan: &Plan, options: &K8sOptions) -> Result<Deployment> {
+/// Builds the manifests for `plan`, whose segment components are pre-initialised or not
+/// ([`http_segment_memory`]).
+pub fn manifests(plan: &Plan, options: &K8sOptions, preinitialized: bool) -> Result<Deployment> {
     let base = names::parse(&options.image)?;
-    check(plan, options)?;
+    check(plan, options, preinitialized)?;
     let prefix = dns_label(options.name.as_deref().unwrap_or(&plan.model.name))
         .ok_or_else(|| Error::Options(format!("`{}` has no letters or digits to name the apps after; pass --name", plan.model.name)))?;
     let namespace = &options.namespace;
@@ -146,8 +147,8 @@ pub fn manifests(plan: &Plan, options: &K8sOptions) -> Result<Deployment> {
         apps.push(App {
             name: format!("{prefix}-{component}"),
             image: names::component_image(&base, &component).whole(),
-            invocation_memory: http_segment_memory(seg),
-            pod_memory: http_segment_memory(seg) + options.pod_overhead,
+            invocation_memory: http_segment_memory(seg, preinitialized),
+            pod_memory: http_segment_memory(seg, preinitialized) + options.pod_overhead,
             component,
         });
     }
@@ -203,7 +204,7 @@ pub fn write(dir: &Path, out: &Path, options: &K8sOptions) -> Result<Deployment>
         return Err(Error::NoPlan { dir: dir.to_owned() });
     }
     let plan = Plan::load(dir)?;
-    let deployment = manifests(&plan, options)?;
+    let deployment = manifests(&plan, options, crate::package::artifacts::preinitialized(dir).is_some())?;
     let io = |path: PathBuf| move |source: std::io::Error| Error::Io { path, source };
     std::fs::create_dir_all(out).map_err(io(out.to_owned()))?;
     for (name, text) in &deployment.files {
@@ -213,11 +214,11 @@ pub fn write(dir: &Path, out: &Path, options: &K8sOptions) -> Result<Deployment>
     Ok(deployment)
 }
 
-fn check(plan: &Plan, options: &K8sOptions) -> Result<()> {
+fn check(plan: &Plan, options: &K8sOptions, preinitialized: bool) -> Result<()> {
     if let Some(limit) = options.max_memory
-        && let Some(seg) = plan.segments.iter().find(|s| http_segment_memory(s) > limit)
+        && let Some(seg) = plan.segments.iter().find(|s| http_segment_memory(s, preinitialized) > limit)
     {
-        let needed = http_segment_memory(seg);
+        let needed = http_segment_memory(seg, preinitialized);
         return Err(Error::TooLarge { segment: seg.index, needed, needed_mib: mib(needed), limit, limit_mib: mib(limit) });
     }
     match options.scaling {

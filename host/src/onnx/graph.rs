@@ -56,6 +56,11 @@ impl Node {
     pub fn int_attribute(&self, name: &str) -> Option<i64> {
         self.int_attributes.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
     }
+
+    /// The integer-list attribute `name`, if set.
+    pub fn ints_attribute(&self, name: &str) -> Option<&[i64]> {
+        self.ints_attributes.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+    }
 }
 
 impl Tensor {
@@ -90,6 +95,8 @@ pub struct Node {
     pub operands: Vec<Option<TensorId>>,
     /// Its integer attributes (`group`, `transB`, `axis`...), by name.
     pub int_attributes: Vec<(String, i64)>,
+    /// Its integer-list attributes (`strides`, `dilations`...), by name.
+    pub ints_attributes: Vec<(String, Vec<i64>)>,
 }
 
 /// The analysed model.
@@ -489,7 +496,14 @@ impl<'a> Builder<'a> {
             .filter(|a| a.r#type == pb::attribute_proto::AttributeType::Int as i32)
             .map(|a| (a.name.clone(), a.i))
             .collect();
-        self.graph.nodes.push(Node { name, op_type: node.op_type.clone(), proto_index, inputs, outputs, flops, operands, int_attributes });
+        let ints_attributes = node
+            .attribute
+            .iter()
+            .filter(|a| a.r#type == pb::attribute_proto::AttributeType::Ints as i32)
+            .map(|a| (a.name.clone(), a.ints.clone()))
+            .collect();
+        let op_type = node.op_type.clone();
+        self.graph.nodes.push(Node { name, op_type, proto_index, inputs, outputs, flops, operands, int_attributes, ints_attributes });
         Ok(())
     }
 }

@@ -28,10 +28,13 @@ pub const DIR: &str = "spin";
 /// Spin as here), for stages served elsewhere.
 pub const SERVICE_CHAINING_HOSTS: &str = "http://*.spin.internal";
 
-/// What a segment's HTTP face adds to its memory: the request and response bodies, their decoded
-/// tensors, and the Spin SDK's own heap.
-pub fn http_segment_memory(segment: &Segment) -> u64 {
-    segment.estimated_memory + 3 * segment.io_bytes + (4 << 20)
+/// The memory limit of a segment's Spin component: the segment's budget, what its HTTP face adds (the
+/// request and response bodies, their decoded tensors, and the Spin SDK's own heap), and, for a build
+/// that is not pre-initialised, the segment's data blob: the component is one composition, so its data
+/// component's memory counts against the same limit.
+pub fn http_segment_memory(segment: &Segment, preinitialized: bool) -> u64 {
+    let blob = if preinitialized { 0 } else { (segment.bytes + 8).div_ceil(1 << 16) << 16 };
+    segment.estimated_memory + 3 * segment.io_bytes + (4 << 20) + blob
 }
 
 /// How the generated manifest is laid out and configured.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::file::{JoinSpec, TensorSpec};
 use super::shard::ShardPlan;
+use super::memory::working_bytes;
 use super::{MemoryModel, Planned};
 use crate::onnx::{Graph, NodeId, TensorId};
 use crate::{Error, Result};
@@ -53,7 +54,7 @@ pub struct Unit {
     pub weight_bytes: u64,
     /// Bytes of the largest of them.
     pub largest_weight_bytes: u64,
-    /// Peak bytes of live activations (its joins included).
+    /// Working bytes: the most activation bytes it holds at once, its joins and wire copies included.
     pub peak_activation_bytes: u64,
     /// Bytes of its inputs and outputs.
     pub io_bytes: u64,
@@ -108,6 +109,7 @@ pub fn units(graph: &Graph, planned: &Planned, memory: &MemoryModel, limit: u64)
         (inputs, joins, joined_bytes)
     };
     let bytes = |specs: &[TensorSpec]| specs.iter().map(TensorSpec::bytes).sum::<u64>();
+    let sizes = |specs: &[TensorSpec]| specs.iter().map(TensorSpec::bytes).collect::<Vec<_>>();
     for (stage, seg) in planned.segments.iter().enumerate() {
         match &seg.group {
             Some(plan) => {
@@ -116,7 +118,7 @@ pub fn units(graph: &Graph, planned: &Planned, memory: &MemoryModel, limit: u64)
                 for (index, (shard, partial)) in plan.shards.iter().zip(partials).enumerate() {
                     let outputs = vec![partial];
                     let io_bytes = bytes(&inputs) + bytes(&outputs);
-                    let peak = shard.peak_activation_bytes + joined;
+                    let peak = working_bytes(shard.peak_activation_bytes + joined, sizes(&inputs), sizes(&outputs));
                     units.push(Unit {
                         stage,
                         body: Body::Shard { plan: plan.clone(), index },
@@ -128,7 +130,7 @@ pub fn units(graph: &Graph, planned: &Planned, memory: &MemoryModel, limit: u64)
                         largest_weight_bytes: shard.largest_weight_bytes,
                         peak_activation_bytes: peak,
                         io_bytes,
-                        memory: memory.estimate(shard.weight_bytes, shard.largest_weight_bytes, peak, io_bytes),
+                        memory: memory.estimate(shard.weight_bytes, shard.largest_weight_bytes, peak),
                     });
                 }
                 pending.insert(plan.layout.output, plan.clone());
@@ -140,7 +142,7 @@ pub fn units(graph: &Graph, planned: &Planned, memory: &MemoryModel, limit: u64)
                 }
                 let outputs: Vec<TensorSpec> = live.crossing[seg.end].iter().map(|&t| spec(graph, t)).collect();
                 let io_bytes = bytes(&inputs) + bytes(&outputs);
-                let peak = seg.peak_activation_bytes;
+                let peak = working_bytes(seg.peak_activation_bytes, sizes(&inputs), sizes(&outputs));
                 units.push(Unit {
                     stage,
                     body: Body::Segment { start: seg.start, end: seg.end },
@@ -152,7 +154,7 @@ pub fn units(graph: &Graph, planned: &Planned, memory: &MemoryModel, limit: u64)
                     largest_weight_bytes: seg.largest_weight_bytes,
                     peak_activation_bytes: peak,
                     io_bytes,
-                    memory: memory.estimate(seg.weight_bytes, seg.largest_weight_bytes, peak, io_bytes),
+                    memory: memory.estimate(seg.weight_bytes, seg.largest_weight_bytes, peak),
                 });
             }
         }

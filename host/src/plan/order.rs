@@ -101,8 +101,9 @@ pub struct Liveness {
     /// Whether a segment may end before position `c`: not when a tensor computed from weights alone
     /// would cross there (it would travel as an activation and be held on both sides).
     pub cut_allowed: Vec<bool>,
-    /// Bytes of activations alive while position `t` runs (its inputs and outputs included, except the
-    /// input of an elementwise op that writes over it, see [`IN_PLACE_OPS`]).
+    /// Bytes of activations alive while position `t` runs: its inputs and outputs (except the input an
+    /// op writes over, see [`written_over`]) and the packed copies of the operands its kernel reads
+    /// ([`packed_activations`]).
     pub live_bytes: Vec<u64>,
     /// Weights read by the node at position `t`, and the tensors computed from weights alone that it reads
     /// when it is not itself computed from weights alone (see [`prepared_constants`]).
@@ -158,8 +159,18 @@ impl Liveness {
             live_bytes.push(live as u64);
         }
         for (pos, &node) in order.iter().enumerate() {
-            if let Some(input) = written_over(graph, node).filter(|&t| dies_at[t] == Some(pos)) {
+            let dies_here = |t: TensorId| dies_at[t] == Some(pos) && !graph.outputs.contains(&t) && !prepared[t];
+            if let Some(input) = written_over(graph, node).into_iter().find(|&t| dies_here(t)) {
                 live_bytes[pos] -= graph.tensors[input].bytes();
+            }
+            let (packed, operands) = packed_activations(graph, node);
+            if packed > 0 && !operands.iter().any(|&t| prepared[t]) {
+                // packing holds the operands and their packed form; the kernel then holds the packed form
+                // and the output, the operands gone if nothing reads them later
+                let made: u64 = graph.nodes[node].outputs.iter().filter(|&&t| !prepared[t]).map(|&t| graph.tensors[t].bytes()).sum();
+                let before = live_bytes[pos].saturating_sub(made);
+                let freed: u64 = operands.iter().filter(|&&t| dies_here(t)).map(|&t| graph.tensors[t].bytes()).sum();
+                live_bytes[pos] = (before + packed).max(before - freed + packed + made);
             }
         }
         let weights: Vec<Vec<TensorId>> = order
@@ -254,16 +265,86 @@ fn dequantized_at_read(graph: &Graph, t: TensorId) -> bool {
 const IN_PLACE_OPS: &[&str] = &[
     "Abs", "Ceil", "Clip", "Cos", "Elu", "Erf", "Exp", "Floor", "HardSigmoid", "HardSwish", "LeakyRelu",
     "Log", "Neg", "Reciprocal", "Relu", "Round", "Selu", "Sigmoid", "Sign", "Sin", "Softplus", "Sqrt", "Tanh",
+    "Softmax", "BatchNormalization", "Dropout", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
 ];
 
-/// The activation `node` writes its output over, if it is an in-place elementwise op of one.
-fn written_over(graph: &Graph, node: NodeId) -> Option<TensorId> {
+/// Binary operators tract computes in the buffer of an operand of the output's shape (the other one
+/// broadcast, or a residual the matrix kernel adds as it stores), when nothing reads that operand
+/// afterwards.
+const IN_PLACE_BINARY_OPS: &[&str] = &["Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "PRelu"];
+
+/// The activations `node` may write its output over (when nothing reads them afterwards): the input of
+/// a unary in-place op of the same size, or the operands of a binary one with the output's shape and type.
+fn written_over(graph: &Graph, node: NodeId) -> Vec<TensorId> {
     let node = &graph.nodes[node];
-    if !IN_PLACE_OPS.contains(&node.op_type.as_str()) || node.outputs.len() != 1 {
-        return None;
+    let [output] = node.outputs[..] else { return vec![] };
+    let output = &graph.tensors[output];
+    let activations = node.inputs.iter().copied().filter(|&t| !graph.tensors[t].is_weight());
+    let op = node.op_type.as_str();
+    if IN_PLACE_OPS.contains(&op) {
+        let inputs: Vec<TensorId> = activations.collect();
+        return match inputs[..] {
+            [input] if graph.tensors[input].bytes() == output.bytes() => vec![input],
+            _ => vec![],
+        };
     }
-    let mut activations = node.inputs.iter().copied().filter(|&t| !graph.tensors[t].is_weight());
-    let (Some(input), None) = (activations.next(), activations.next()) else { return None };
-    let same = graph.tensors[input].bytes() == graph.tensors[node.outputs[0]].bytes();
-    (same && !graph.outputs.contains(&input)).then_some(input)
+    // an operand read twice (`Add(x, x)`) is shared during the call, so tract computes into a new buffer
+    if IN_PLACE_BINARY_OPS.contains(&op) && node.inputs.len() == node.operands.iter().flatten().count() {
+        return activations.filter(|&t| graph.tensors[t].shape == output.shape && graph.tensors[t].dtype == output.dtype).collect();
+    }
+    vec![]
+}
+
+/// Bytes of the buffers tract packs a node's activation operands into before its matrix kernel reads
+/// them, and those operands: the operand of a matrix product (each, when both are activations); the
+/// input of a 1x1 convolution; the padded input of a larger one, whose kernel reads patches straight from
+/// it (none without padding); the whole im2col matrix of a convolution over a batch. A depthwise
+/// convolution packs nothing.
+pub fn packed_activations(graph: &Graph, node: NodeId) -> (u64, Vec<TensorId>) {
+    let n = &graph.nodes[node];
+    let activation = |slot: usize| n.operands.get(slot).copied().flatten().filter(|&t| !graph.tensors[t].is_weight());
+    match n.op_type.as_str() {
+        "MatMul" | "Gemm" | "Einsum" => {
+            let operands: Vec<TensorId> = (0..2).filter_map(activation).collect();
+            (operands.iter().map(|&t| graph.tensors[t].bytes()).sum(), operands)
+        }
+        "Conv" => {
+            let (Some(x), Some(w), &[y]) = (activation(0), n.operands.get(1).copied().flatten(), n.outputs.as_slice()) else {
+                return (0, vec![]);
+            };
+            let (x_t, w_t, y_t) = (&graph.tensors[x], &graph.tensors[w], &graph.tensors[y]);
+            let spatial = x_t.shape.len().saturating_sub(2);
+            if spatial == 0 || w_t.shape.len() != spatial + 2 || y_t.shape.len() != spatial + 2 {
+                return (0, vec![]);
+            }
+            let group = n.int_attribute("group").unwrap_or(1).max(1) as u64;
+            let channels = x_t.shape[1];
+            if group > 1 && group == channels && w_t.shape[1] == 1 {
+                return (0, vec![]);
+            }
+            let elem = x_t.dtype.size();
+            let kernel: u64 = w_t.shape[2..].iter().product();
+            let out: u64 = y_t.shape[2..].iter().product();
+            let batch = y_t.shape[0];
+            let packed = if kernel == 1 {
+                batch * channels * out * elem
+            } else if batch > 1 {
+                batch * channels * kernel * out * elem
+            } else {
+                let attr = |name: &str, axis: usize| n.ints_attribute(name).and_then(|v| v.get(axis).copied()).unwrap_or(1).max(1) as u64;
+                let padded: Vec<u64> = (0..spatial)
+                    .map(|i| {
+                        let reach = (y_t.shape[2 + i].saturating_sub(1)) * attr("strides", i) + (w_t.shape[2 + i] - 1) * attr("dilations", i) + 1;
+                        x_t.shape[2 + i].max(reach)
+                    })
+                    .collect();
+                match padded.iter().zip(&x_t.shape[2..]).any(|(p, x)| p > x) {
+                    true => channels * padded.iter().product::<u64>() * elem,
+                    false => 0,
+                }
+            };
+            (packed, vec![x])
+        }
+        _ => (0, vec![]),
+    }
 }

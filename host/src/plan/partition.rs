@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::memory::{CostModel, MemoryModel};
+use super::memory::{CostModel, MemoryModel, working_bytes};
 use super::order::Liveness;
 use super::shard::{self, Join, ShardPlan};
 use crate::onnx::Graph;
@@ -56,7 +56,8 @@ pub struct SegmentCost {
     pub weight_bytes: u64,
     /// Bytes of the largest of them that a node packs for its kernel ([`Liveness::packed`]).
     pub largest_weight_bytes: u64,
-    /// Peak bytes of live activations while it runs.
+    /// Working bytes: the most activation bytes it holds at once, its wire copies included
+    /// ([`working_bytes`]).
     pub peak_activation_bytes: u64,
     /// Bytes of the tensors entering and leaving it.
     pub io_bytes: u64,
@@ -135,9 +136,16 @@ impl<'a> Evaluator<'a> {
     /// model outputs): a segment of no nodes of the model.
     pub fn join_stage(&self) -> SegmentCost {
         let n = self.len();
-        let (peak, io) = (self.live.crossing_bytes[n] + self.join_peak[n], 2 * self.live.crossing_bytes[n] + self.join_io[n]);
-        let memory = self.memory.estimate(0, 0, peak, io);
+        let io = 2 * self.live.crossing_bytes[n] + self.join_io[n];
+        let inputs = self.wire(n).chain([self.join_io[n]]);
+        let peak = working_bytes(self.live.crossing_bytes[n] + self.join_io[n] + self.join_peak[n], inputs, self.wire(n));
+        let memory = self.memory.estimate(0, 0, peak);
         SegmentCost { start: n, end: n, flops: 0, weight_bytes: 0, largest_weight_bytes: 0, peak_activation_bytes: peak, io_bytes: io, memory, group: None }
+    }
+
+    /// The sizes of the tensors crossing cut `c`.
+    fn wire(&self, c: usize) -> impl Iterator<Item = u64> + '_ {
+        self.live.crossing[c].iter().map(|&t| self.graph.tensors[t].bytes())
     }
 
     /// Number of positions in the order.
@@ -168,8 +176,9 @@ impl<'a> Evaluator<'a> {
     /// The cost of `[start, end)` from its operations, its (total, largest) weight bytes and its peak.
     fn finish(&self, start: usize, end: usize, flops: u64, (weight_bytes, largest): (u64, u64), peak: u64) -> SegmentCost {
         let io_bytes = self.live.crossing_bytes[start] + self.join_io[start] + self.live.crossing_bytes[end];
-        let peak = peak + self.join_peak[start];
-        let memory = self.memory.estimate(weight_bytes, largest, peak, io_bytes);
+        let inputs = self.wire(start).chain([self.join_io[start]]);
+        let peak = working_bytes(peak + self.join_io[start] + self.join_peak[start], inputs, self.wire(end));
+        let memory = self.memory.estimate(weight_bytes, largest, peak);
         SegmentCost { start, end, flops, weight_bytes, largest_weight_bytes: largest, peak_activation_bytes: peak, io_bytes, memory, group: None }
     }
 
@@ -193,7 +202,7 @@ impl<'a> Evaluator<'a> {
                 }
             }
             largest = largest.max(self.live.packed[pos]);
-            if self.memory.estimate(weight_bytes, largest, 0, 0) > limit {
+            if self.memory.estimate(weight_bytes, largest, 0) > limit {
                 break;
             }
             flops += self.live.flops[pos];

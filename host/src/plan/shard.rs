@@ -93,7 +93,7 @@ pub struct ShardCost {
     pub weight_bytes: u64,
     /// Bytes of the largest of them that the node packs for its kernel (none for a Gather's rows).
     pub largest_weight_bytes: u64,
-    /// Peak bytes of live activations.
+    /// Working bytes: its input, output, packed copies and wire copies at their busiest.
     pub peak_activation_bytes: u64,
     /// Bytes of its input and output.
     pub io_bytes: u64,
@@ -252,7 +252,9 @@ fn shard_cost(graph: &Graph, node: NodeId, layout: &Layout, range: (u64, u64), f
         Join::Sum => bytes(layout.output),
     };
     let helpers = if layout.strategy == Strategy::Rows { 4 * input } else { 0 };
-    let peak = input + sliced_input + output + helpers;
+    let (packed, _) = super::order::packed_activations(graph, node);
+    let packed = if layout.input_axis.is_some() { part(packed) } else { packed };
+    let peak = super::memory::working_bytes(input + sliced_input + packed + output + helpers, [input], [output]);
     let io = input + output;
     let flops = part(graph.nodes[node].flops);
     let packs = super::order::packs_weights(&graph.nodes[node].op_type);
@@ -264,7 +266,7 @@ fn shard_cost(graph: &Graph, node: NodeId, layout: &Layout, range: (u64, u64), f
         .unwrap_or(0);
     ShardCost {
         range, flops, weight_bytes, largest_weight_bytes: largest, peak_activation_bytes: peak, io_bytes: io,
-        memory: memory.estimate(weight_bytes, largest, peak, io),
+        memory: memory.estimate(weight_bytes, largest, peak),
     }
 }
 

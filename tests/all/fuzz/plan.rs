@@ -36,7 +36,7 @@ fn seeds(dir: &Path) -> Vec<Vec<u8>> {
         output: vec![value("y", &[1, 1 << 14])],
         ..Default::default()
     };
-    [(chain, &["--max-memory", "64MiB", "--segments", "2"][..]), (wide, &["--max-memory", "16MiB"])]
+    [(chain, &["--max-memory", "64MiB", "--segments", "2"][..]), (wide, &["--max-memory", "8MiB"])]
         .into_iter()
         .map(|(graph, args)| {
             let name = graph.name.clone();

@@ -294,8 +294,11 @@ impl SpinApp {
 
 /// The memory limit of a NetLess segment component (`OUT/spin/seg{i}.wasm`) from `OUT/plan.json`.
 fn segment_memory(source: &Path, id: &str) -> Option<u64> {
-    let plan = Plan::load(source.parent()?.parent()?).ok()?;
-    plan.segments.iter().find(|s| spin_app::segment_component(s.index) == id).map(spin_app::http_segment_memory)
+    let dir = source.parent()?.parent()?;
+    let plan = Plan::load(dir).ok()?;
+    let preinitialized = crate::package::artifacts::preinitialized(dir).is_some();
+    let segment = plan.segments.iter().find(|s| spin_app::segment_component(s.index) == id)?;
+    Some(spin_app::http_segment_memory(segment, preinitialized))
 }
 
 fn describe_trap(e: &wasmtime::Error, refused: Option<u64>, limit: u64) -> String {
