@@ -9,7 +9,7 @@ use crate::emit;
 use crate::onnx::graph::InputShapes;
 use crate::onnx::load::hex;
 use crate::onnx::prepare;
-use crate::onnx::{Graph, OnnxModel};
+use crate::onnx::{Graph, NodeId, OnnxModel, TensorId};
 use crate::plan::dag::{self, Body, Unit};
 use crate::plan::file::{self, Boundary, Group, JoinSpec, ModelInfo, Plan, RequestInfo, Segment, ShardRef, Stage};
 use crate::plan::shard::ShardPlan;
@@ -134,10 +134,11 @@ fn describe(model: &OnnxModel, graph: &Graph, planned: &Planned, units: &[Unit],
             let (nodes, first_node, last_node, shard) = match &unit.body {
                 Body::Segment { start, end } => (end - start, node_name(*start), if end > start { node_name(end - 1) } else { String::new() }, None),
                 Body::Shard { plan, index: j } => {
-                    let name = graph.nodes[plan.node].name.clone();
+                    let name = |node: NodeId| graph.nodes[node].name.clone();
+                    let last = plan.run.last().copied().unwrap_or(plan.node);
                     let (lo, hi) = plan.shards[*j].range;
                     let shard = ShardRef { stage: unit.stage, index: *j, count: plan.shards.len(), range: [lo, hi] };
-                    (1, name.clone(), name, Some(shard))
+                    (plan.run.len().max(1), name(plan.node), name(last), Some(shard))
                 }
             };
             Segment {
@@ -197,18 +198,20 @@ fn describe(model: &OnnxModel, graph: &Graph, planned: &Planned, units: &[Unit],
 
 fn group_of(graph: &Graph, plan: &ShardPlan) -> Group {
     let node = &graph.nodes[plan.node];
-    let output = &graph.tensors[plan.layout.output].name;
+    let join = |t: TensorId| JoinSpec {
+        tensor: graph.tensors[t].name.clone(),
+        join: plan.layout.join,
+        partials: (0..plan.shards.len()).map(|j| plan.partial_name(graph, t, j)).collect(),
+    };
     Group {
         node: node.name.clone(),
         op: node.op_type.clone(),
         strategy: plan.layout.strategy,
         extent: plan.layout.extent,
-        join: JoinSpec {
-            tensor: output.clone(),
-            join: plan.layout.join,
-            partials: (0..plan.shards.len()).map(|j| plan.partial_name(graph, j)).collect(),
-        },
+        join: join(plan.layout.outputs[0]),
+        other_joins: plan.layout.outputs[1..].iter().map(|&t| join(t)).collect(),
         unsharded_memory: plan.unsharded_memory,
+        nodes: plan.run.iter().map(|&n| graph.nodes[n].name.clone()).collect(),
     }
 }
 

@@ -93,6 +93,40 @@ fn serve(dir: &Path) -> Handle {
     Handle::start(Service::load(engine(), dir, options()).expect("service loads"), "127.0.0.1:0".parse().unwrap()).expect("server starts")
 }
 
+/// Through the distributed gateway: two workers serve everything but the shards of stage `group`, one
+/// serves only those shards. The outputs equal `expected`; killing a replica under load loses no request;
+/// with the shards' only worker killed, a request fails fast with a 503 naming the first shard.
+fn through_the_gateway(dir: &Path, plan: &Plan, group: usize, (body, header): (&[u8], usize), expected: &[(String, TractTensor)]) {
+    let shard_ids = &plan.stages[group].segments;
+    let list = |ids: &mut dyn Iterator<Item = usize>| ids.map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let others = list(&mut (0..plan.segments.len()).filter(|i| !shard_ids.contains(i)));
+    let mut first = Worker::start(dir, &others, free_port());
+    let second = Worker::start(dir, &others, free_port());
+    let mut sharder = Worker::start(dir, &list(&mut shard_ids.iter().copied()), free_port());
+    let replicas = (0..plan.segments.len())
+        .map(|i| if shard_ids.contains(&i) { vec![sharder.url.clone()] } else { vec![first.url.clone(), second.url.clone()] })
+        .collect();
+    let gateway = start_gateway(dir, replicas, Duration::from_secs(30), Duration::from_secs(60));
+    let infer = format!("{}/v2/models/{}/infer", gateway.url(), plan.model.name);
+    assert_matches(expected, &outputs(&post(&infer, body, Some(header))));
+    std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..6).map(|_| scope.spawn(|| post(&infer, body, Some(header)))).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        first.kill();
+        for client in clients {
+            assert_matches(expected, &outputs(&client.join().unwrap()));
+        }
+    });
+    sharder.kill();
+    let started = Instant::now();
+    let reply = post(&infer, body, Some(header));
+    assert_eq!(reply.status, 503, "{}", String::from_utf8_lossy(&reply.body));
+    let first_shard = format!("{}-seg-{}", plan.model.name, shard_ids[0]);
+    assert!(reply.error().contains(&first_shard) && reply.error().contains("no replica"), "{}", reply.error());
+    assert!(started.elapsed() < Duration::from_secs(10), "failed in {:?}", started.elapsed());
+    gateway.stop().unwrap();
+}
+
 #[test]
 fn vgg16_fc6_runs_as_parallel_shards_everywhere() {
     let limit = 20 * MIB;
@@ -111,36 +145,8 @@ fn vgg16_fc6_runs_as_parallel_shards_everywhere() {
     assert_matches(&expected, &outputs(&post(&infer, &body, Some(header))));
     server.stop().unwrap();
 
-    // Distributed: two workers serve everything but the fc6 shards, one serves only the shards.
-    let fc6_stage = plan.stages.iter().find(|s| s.group.as_ref().is_some_and(|g| g.node == "fc6")).unwrap();
-    let list = |ids: &mut dyn Iterator<Item = usize>| ids.map(|i| i.to_string()).collect::<Vec<_>>().join(",");
-    let others = list(&mut (0..plan.segments.len()).filter(|i| !fc6_stage.segments.contains(i)));
-    let shards = list(&mut fc6_stage.segments.iter().copied());
-    let mut first = Worker::start(dir.path(), &others, free_port());
-    let second = Worker::start(dir.path(), &others, free_port());
-    let mut sharder = Worker::start(dir.path(), &shards, free_port());
-    let replicas = (0..plan.segments.len())
-        .map(|i| if fc6_stage.segments.contains(&i) { vec![sharder.url.clone()] } else { vec![first.url.clone(), second.url.clone()] })
-        .collect();
-    let gateway = start_gateway(dir.path(), replicas, Duration::from_secs(30), Duration::from_secs(60));
-    let infer = format!("{}/v2/models/{}/infer", gateway.url(), plan.model.name);
-    assert_matches(&expected, &outputs(&post(&infer, &body, Some(header))));
-    std::thread::scope(|scope| {
-        let clients: Vec<_> = (0..6).map(|_| scope.spawn(|| post(&infer, &body, Some(header)))).collect();
-        std::thread::sleep(Duration::from_millis(50));
-        first.kill();
-        for client in clients {
-            assert_matches(&expected, &outputs(&client.join().unwrap()));
-        }
-    });
-    sharder.kill();
-    let started = Instant::now();
-    let reply = post(&infer, &body, Some(header));
-    assert_eq!(reply.status, 503, "{}", String::from_utf8_lossy(&reply.body));
-    let first_shard = format!("{}-seg-{}", plan.model.name, fc6_stage.segments[0]);
-    assert!(reply.error().contains(&first_shard) && reply.error().contains("no replica"), "{}", reply.error());
-    assert!(started.elapsed() < Duration::from_secs(10), "failed in {:?}", started.elapsed());
-    gateway.stop().unwrap();
+    let fc6_stage = plan.stages.iter().position(|s| s.group.as_ref().is_some_and(|g| g.node == "fc6")).unwrap();
+    through_the_gateway(dir.path(), &plan, fc6_stage, (&body, header), &expected);
 }
 
 #[test]
@@ -162,6 +168,91 @@ fn a_gpt_decoder_with_a_tied_embedding_larger_than_the_limit() {
     let reply = post(&format!("{}/v2/models/{}/infer", server.url(), plan.model.name), &body, Some(header));
     assert_matches(&expected, &outputs(&reply));
     server.stop().unwrap();
+    let embedding_stage = plan.stages.iter().position(|s| s.group.as_ref().is_some_and(|g| g.node == "tok_emb")).unwrap();
+    through_the_gateway(dir.path(), &plan, embedding_stage, (&body, header), &expected);
+}
+
+/// A detector bound by its activations (mtcnn_pnet at 480x640: no node has 0.1 MiB of weights, its first
+/// maps are 11.6 MiB) under a limit below what its first convolution needs whole: the run of
+/// convolutions, PRelus and poolings to its two heads is cut into bands of output rows, each computed
+/// from the rows its windows reach. Outputs equal the unsplit model natively, as components (every band
+/// under its budget), composed, over HTTP and through the distributed gateway.
+#[test]
+fn a_detector_runs_in_bands_of_rows_everywhere() {
+    let limit = 24 * MIB;
+    let Some((dir, plan)) = split_and_build("mtcnn_pnet.onnx", limit, &[("input_1", &[1, 480, 640, 3])]) else { return };
+    groups(&plan, limit);
+    let bands = plan.stages.iter().filter_map(|s| s.group.as_ref().filter(|g| g.strategy == netless::plan::shard::Strategy::Bands).map(|g| (g, s.segments.len()))).collect::<Vec<_>>();
+    let (group, shards) = bands.first().expect("a run is cut into bands");
+    assert!(*shards >= 2 && group.nodes.len() >= 3 && group.unsharded_memory > limit, "{group:?}");
+    let inputs = netless::verify::load_inputs(&plan.model.inputs, &[]).unwrap();
+    let (wire, expected) = check_locally(dir.path(), &plan, inputs);
+    let server = serve(dir.path());
+    let (body, header) = binary_request(&wire, "pnet");
+    assert_matches(&expected, &outputs(&post(&format!("{}/v2/models/{}/infer", server.url(), plan.model.name), &body, Some(header))));
+    server.stop().unwrap();
+    let band_stage = plan.stages.iter().position(|s| s.group.as_ref().is_some_and(|g| std::ptr::eq(g, *group))).unwrap();
+    through_the_gateway(dir.path(), &plan, band_stage, (&body, header), &expected);
+}
+
+/// Bands of a stack with every window form a band meets: padding on one side only, strides, dilation, a
+/// depthwise convolution, SAME padding, a residual branch, a channel concatenation, max and average
+/// pooling, a per-channel PRelu and two outputs, on odd sizes: the bands' rows, halos and paddings
+/// reproduce the unsplit model.
+#[test]
+fn bands_reproduce_windows_of_every_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    let mut conv = |name: &str, input: &str, output: &str, attrs: Vec<netless::onnx::pb::AttributeProto>| {
+        let mut n = node("Conv", &[input, name], &[output]);
+        n.attribute = attrs;
+        nodes.push(n);
+    };
+    use onnx_builder::{int_attribute, ints_attribute};
+    conv("w0", "x", "c0", vec![ints_attribute("pads", &[1, 1, 0, 1])]);
+    conv("w1", "c0", "c1", vec![ints_attribute("strides", &[2, 1]), ints_attribute("pads", &[0, 1, 2, 1])]);
+    conv("w2", "c1", "c2", vec![int_attribute("group", 12), ints_attribute("dilations", &[2, 2]), ints_attribute("pads", &[2, 2, 2, 2])]);
+    conv("w3", "c1", "c3", vec![]);
+    let strings = |name: &str, value: &str| netless::onnx::pb::AttributeProto { name: name.into(), r#type: 3, s: value.as_bytes().to_vec(), ..Default::default() };
+    conv("w4", "c2", "c4", vec![strings("auto_pad", "SAME_UPPER")]);
+    let mut more = vec![
+        node("Add", &["c4", "c3"], &["r"]),
+        node("Relu", &["r"], &["a"]),
+        node("Concat", &["a", "c2"], &["cat"]),
+        node("MaxPool", &["cat"], &["m"]),
+        node("AveragePool", &["m"], &["p"]),
+        node("PRelu", &["p", "slope"], &["y"]),
+        node("Sigmoid", &["p"], &["z"]),
+    ];
+    more[2].attribute = vec![int_attribute("axis", 1)];
+    more[3].attribute = vec![ints_attribute("kernel_shape", &[3, 3]), ints_attribute("strides", &[2, 2]), ints_attribute("pads", &[1, 0, 1, 0])];
+    more[4].attribute = vec![ints_attribute("kernel_shape", &[2, 2]), strings("auto_pad", "SAME_LOWER")];
+    nodes.extend(more);
+    let graph = netless::onnx::pb::GraphProto {
+        name: "windows".into(),
+        node: nodes,
+        initializer: vec![
+            weight("w0", &[12, 3, 3, 3], 1),
+            weight("w1", &[12, 12, 3, 2], 2),
+            weight("w2", &[12, 1, 3, 3], 3),
+            weight("w3", &[12, 12, 1, 1], 4),
+            weight("w4", &[12, 12, 5, 3], 5),
+            weight("slope", &[24, 1, 1], 6),
+        ],
+        input: vec![value("x", &[1, 3, 701, 403])],
+        output: vec![value("y", &[1, 24, 175, 201]), value("z", &[1, 24, 175, 201])],
+        ..Default::default()
+    };
+    let path = save(dir.path(), "windows.onnx", &onnx_builder::model(graph));
+    let out = dir.path().join("out");
+    let ok = netless(&["split", path.to_str().unwrap(), "--max-memory", "40MiB", "-o", out.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let plan = Plan::load(&out).unwrap();
+    let group = plan.stages.iter().find_map(|s| s.group.as_ref()).expect("a band group");
+    assert_eq!(group.strategy, netless::plan::shard::Strategy::Bands);
+    assert!(group.nodes.len() >= 10, "the whole stack is one run: {:?}", group.nodes);
+    let verified = netless(&["verify", out.to_str().unwrap()]);
+    assert!(verified.status.success(), "{}{}", String::from_utf8_lossy(&verified.stdout), String::from_utf8_lossy(&verified.stderr));
 }
 
 /// A model of one MatMul `x [1, 64] x w [64, columns]`, then a Relu.

@@ -152,22 +152,27 @@ def test_components_match_onnxruntime(tmp_path, model, shapes, k):
             assert relative_error(got, w) <= 1e-4, (model, mode, spec["name"], relative_error(got, w))
 
 
-# (model file, memory limit below its largest layer, the nodes that must be cut into shards)
+# (model file, memory limit below its largest layer, the nodes that must be cut into shards (the first of
+# the run, for bands), input shapes)
 SHARDED = [
-    ("vgg16_w8_fc2.onnx", "20MiB", {"fc6"}),
-    ("gpt_tied.onnx", "24MiB", {"tok_emb", "lm_head"}),
+    ("vgg16_w8_fc2.onnx", "20MiB", {"fc6"}, []),
+    ("gpt_tied.onnx", "24MiB", {"tok_emb", "lm_head"}, []),
+    ("mtcnn_pnet.onnx", "24MiB", {"conv2d"}, ["input_1=1,480,640,3"]),
 ]
 
 
-@pytest.mark.parametrize("model,limit,cut", SHARDED, ids=[c[0] for c in SHARDED])
-def test_shards_and_joins_run_in_onnxruntime(tmp_path, model, limit, cut):
-    """A plan whose largest nodes run as parallel shards: every shard and join file passes onnx's checker,
-    and the files chained in onnxruntime reproduce onnxruntime on the unsplit model."""
+@pytest.mark.parametrize("model,limit,cut,shapes", SHARDED, ids=[c[0] for c in SHARDED])
+def test_shards_and_joins_run_in_onnxruntime(tmp_path, model, limit, cut, shapes):
+    """A plan whose largest nodes run as parallel shards (cut by their weights, or with the run around
+    them into bands of rows): every shard and join file passes onnx's checker, and the files chained in
+    onnxruntime reproduce onnxruntime on the unsplit model."""
     path = MODELS / model
     if not path.exists():
         pytest.fail(f"{path} is missing: run scripts/setup.sh")
     out = tmp_path / "out"
     args = [NETLESS, "split", str(path), "--max-memory", limit, "-o", str(out)]
+    for shape in shapes:
+        args += ["--input-shape", shape]
     subprocess.run(args, check=True, capture_output=True)
     plan = json.loads((out / "plan.json").read_text())
     assert plan["version"] == 2

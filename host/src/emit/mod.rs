@@ -14,9 +14,10 @@ use crate::onnx::{Graph, OnnxModel, TensorKind};
 use crate::plan::Planned;
 use crate::plan::dag::{Body, Unit};
 use crate::plan::file::{JoinSpec, TensorSpec};
-use crate::plan::shard::Join;
+use crate::plan::shard::{Join, Strategy};
 use crate::{Error, Result, progress};
 
+mod bands;
 mod shard;
 
 /// Metadata keys carried by every segment model, read by the segment runtime.
@@ -51,7 +52,10 @@ pub fn unit_model(model: &OnnxModel, graph: &Graph, planned: &Planned, unit: &Un
             node_protos.extend(nodes.iter().map(|&n| source.node[graph.nodes[n].proto_index].clone()));
         }
         Body::Shard { plan, index } => {
-            let (nodes, weights) = shard::shard_graph(model, graph, plan, *index)?;
+            let (nodes, weights) = match plan.layout.strategy {
+                Strategy::Bands => bands::band_graph(model, graph, plan, *index)?,
+                _ => shard::shard_graph(model, graph, plan, *index)?,
+            };
             node_protos.extend(nodes);
             initializers.extend(weights);
         }

@@ -12,7 +12,8 @@ pub fn int_attribute(name: &str, value: i64) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: pb::attribute_proto::AttributeType::Int as i32, i: value, ..Default::default() }
 }
 
-fn ints_attribute(name: &str, values: Vec<i64>) -> AttributeProto {
+/// An integer-list attribute.
+pub(super) fn ints_attribute(name: &str, values: Vec<i64>) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: pb::attribute_proto::AttributeType::Ints as i32, ints: values, ..Default::default() }
 }
 
@@ -40,7 +41,7 @@ fn int_scalar(name: String, dtype: ElemType, value: i64) -> TensorProto {
 }
 
 /// The weight `t` as an initializer ([`super::weight_initializer`]).
-fn weight_proto(model: &OnnxModel, graph: &Graph, t: TensorId) -> Result<TensorProto> {
+pub(super) fn weight_proto(model: &OnnxModel, graph: &Graph, t: TensorId) -> Result<TensorProto> {
     super::weight_initializer(model, graph, t).ok_or_else(|| unsupported(&graph.tensors[t], "is a Constant without a `value` tensor"))
 }
 
@@ -84,7 +85,7 @@ fn default_opset(model: &OnnxModel) -> i64 {
 }
 
 /// The nodes and initializers of shard `j` of `plan`: it reads the node's inputs (joined if they came in
-/// parts) and returns `plan.partial_name(j)`.
+/// parts) and returns its part of the node's output.
 pub fn shard_graph(model: &OnnxModel, graph: &Graph, plan: &ShardPlan, j: usize) -> Result<(Vec<NodeProto>, Vec<TensorProto>)> {
     let layout = &plan.layout;
     let source_node = &graph.nodes[plan.node];
@@ -133,16 +134,7 @@ pub fn shard_graph(model: &OnnxModel, graph: &Graph, plan: &ShardPlan, j: usize)
     if let Some(axis) = layout.input_axis {
         let (lo, hi) = scale(input.shape[axis], layout.extent, range);
         let sliced = format!("{prefix}.input");
-        if default_opset(model) >= 10 {
-            let names = ["starts", "ends", "axes"].map(|k| format!("{prefix}.slice.{k}"));
-            for (name, value) in names.iter().zip([lo as i64, hi as i64, axis as i64]) {
-                initializers.push(tensor(name.clone(), ElemType::I64, vec![1], value.to_le_bytes().to_vec()));
-            }
-            nodes.push(node("Slice", format!("{prefix}.slice"), &[&input.name, &names[0], &names[1], &names[2]], &sliced, vec![]));
-        } else {
-            let attrs = vec![ints_attribute("starts", vec![lo as i64]), ints_attribute("ends", vec![hi as i64]), ints_attribute("axes", vec![axis as i64])];
-            nodes.push(node("Slice", format!("{prefix}.slice"), &[&input.name], &sliced, attrs));
-        }
+        nodes.push(slice(model, &format!("{prefix}.slice"), (&input.name, &sliced), axis, (lo, hi), &mut initializers));
         rename(&mut shard, &input.name, &sliced);
     }
     if layout.strategy == Strategy::Groups {
@@ -169,9 +161,24 @@ pub fn shard_graph(model: &OnnxModel, graph: &Graph, plan: &ShardPlan, j: usize)
         nodes.push(node("Where", n("row"), &[&n("inside"), &n("local"), &n("fill")], &n("row"), vec![]));
         rename(&mut shard, idx, &n("row"));
     }
-    shard.output = vec![plan.partial_name(graph, j)];
+    shard.output = vec![plan.partial_name(graph, layout.outputs[0], j)];
     nodes.push(shard);
     Ok((nodes, initializers))
+}
+
+/// A `Slice` node named `name` making `output` from elements `[lo, hi)` of `input`'s `axis`, in the form the
+/// model's opset takes (inputs from opset 10, attributes before), its inputs added to `initializers`.
+pub(super) fn slice(model: &OnnxModel, name: &str, (input, output): (&str, &str), axis: usize, (lo, hi): (u64, u64), initializers: &mut Vec<TensorProto>) -> NodeProto {
+    if default_opset(model) >= 10 {
+        let names = ["starts", "ends", "axes"].map(|k| format!("{name}.{k}"));
+        for (n, value) in names.iter().zip([lo as i64, hi as i64, axis as i64]) {
+            initializers.push(tensor(n.clone(), ElemType::I64, vec![1], value.to_le_bytes().to_vec()));
+        }
+        node("Slice", name.to_string(), &[input, &names[0], &names[1], &names[2]], output, vec![])
+    } else {
+        let attrs = vec![ints_attribute("starts", vec![lo as i64]), ints_attribute("ends", vec![hi as i64]), ints_attribute("axes", vec![axis as i64])];
+        node("Slice", name.to_string(), &[input], output, attrs)
+    }
 }
 
 fn input_rows(graph: &Graph, plan: &ShardPlan) -> u64 {

@@ -61,6 +61,11 @@ impl Node {
     pub fn ints_attribute(&self, name: &str) -> Option<&[i64]> {
         self.ints_attributes.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
+
+    /// The string attribute `name`, if set.
+    pub fn string_attribute(&self, name: &str) -> Option<&str> {
+        self.string_attributes.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
 }
 
 impl Tensor {
@@ -97,6 +102,8 @@ pub struct Node {
     pub int_attributes: Vec<(String, i64)>,
     /// Its integer-list attributes (`strides`, `dilations`...), by name.
     pub ints_attributes: Vec<(String, Vec<i64>)>,
+    /// Its string attributes (`auto_pad`...), by name.
+    pub string_attributes: Vec<(String, String)>,
 }
 
 /// The analysed model.
@@ -502,8 +509,14 @@ impl<'a> Builder<'a> {
             .filter(|a| a.r#type == pb::attribute_proto::AttributeType::Ints as i32)
             .map(|a| (a.name.clone(), a.ints.clone()))
             .collect();
+        let string_attributes = node
+            .attribute
+            .iter()
+            .filter(|a| a.r#type == pb::attribute_proto::AttributeType::String as i32)
+            .map(|a| (a.name.clone(), String::from_utf8_lossy(&a.s).into_owned()))
+            .collect();
         let op_type = node.op_type.clone();
-        self.graph.nodes.push(Node { name, op_type, proto_index, inputs, outputs, flops, operands, int_attributes, ints_attributes });
+        self.graph.nodes.push(Node { name, op_type, proto_index, inputs, outputs, flops, operands, int_attributes, ints_attributes, string_attributes });
         Ok(())
     }
 }

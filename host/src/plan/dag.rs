@@ -1,8 +1,8 @@
 //! From a partition to the functions that run it: the stages as a DAG of segments and groups of shards,
 //! with every function's inputs, outputs and joins, and its memory estimate for those exact tensors.
 //!
-//! A group's shards read the node's activation input and each make one partial output. The partials
-//! stay separate until a function needs the node's output: a segment then receives the partials and joins
+//! A group's shards read the node's activation input and each make its part of every output of the group.
+//! The parts stay separate until a function needs the output: a segment then receives the partials and joins
 //! them first (and passes the joined tensor on if later stages need it); a shard of a later group joins
 //! them too if its node reads the tensor.
 
@@ -77,11 +77,11 @@ fn spec(graph: &Graph, t: TensorId) -> TensorSpec {
     TensorSpec { name: tensor.name.clone(), dtype: tensor.dtype, shape: tensor.shape.clone() }
 }
 
-/// The join of a group's partial outputs, and the partials' specs.
-fn join_of(graph: &Graph, plan: &ShardPlan) -> (JoinSpec, Vec<TensorSpec>) {
-    let out = &graph.tensors[plan.layout.output];
+/// The join of a group's parts of its output `t`, and the parts' specs, shard by shard.
+fn join_of(graph: &Graph, plan: &ShardPlan, t: TensorId) -> (JoinSpec, Vec<TensorSpec>) {
+    let out = &graph.tensors[t];
     let partials: Vec<TensorSpec> = (0..plan.shards.len())
-        .map(|j| TensorSpec { name: plan.partial_name(graph, j), dtype: out.dtype, shape: plan.partial_shape(graph, j) })
+        .map(|j| TensorSpec { name: plan.partial_name(graph, t, j), dtype: out.dtype, shape: plan.partial_shape(graph, t, j) })
         .collect();
     let join = JoinSpec { tensor: out.name.clone(), join: plan.layout.join, partials: partials.iter().map(|p| p.name.clone()).collect() };
     (join, partials)
@@ -98,7 +98,7 @@ pub fn units(graph: &Graph, planned: &Planned, memory: &MemoryModel, limit: u64)
         for &t in needs {
             match pending.get(&t) {
                 Some(plan) => {
-                    let (join, partials) = join_of(graph, plan);
+                    let (join, partials) = join_of(graph, plan, t);
                     inputs.extend(partials);
                     joins.push(join);
                     joined_bytes += graph.tensors[t].bytes();
@@ -114,9 +114,9 @@ pub fn units(graph: &Graph, planned: &Planned, memory: &MemoryModel, limit: u64)
         match &seg.group {
             Some(plan) => {
                 let (inputs, joins, joined) = resolve(&[plan.layout.input], &pending);
-                let (_, partials) = join_of(graph, plan);
-                for (index, (shard, partial)) in plan.shards.iter().zip(partials).enumerate() {
-                    let outputs = vec![partial];
+                let parts: Vec<Vec<TensorSpec>> = plan.layout.outputs.iter().map(|&t| join_of(graph, plan, t).1).collect();
+                for (index, shard) in plan.shards.iter().enumerate() {
+                    let outputs: Vec<TensorSpec> = parts.iter().map(|p| p[index].clone()).collect();
                     let io_bytes = bytes(&inputs) + bytes(&outputs);
                     let peak = working_bytes(shard.peak_activation_bytes + joined, sizes(&inputs), sizes(&outputs));
                     units.push(Unit {
@@ -133,7 +133,9 @@ pub fn units(graph: &Graph, planned: &Planned, memory: &MemoryModel, limit: u64)
                         memory: memory.estimate(shard.weight_bytes, shard.largest_weight_bytes, peak),
                     });
                 }
-                pending.insert(plan.layout.output, plan.clone());
+                for &t in &plan.layout.outputs {
+                    pending.insert(t, plan.clone());
+                }
             }
             None => {
                 let (inputs, joins, _) = resolve(&live.crossing[seg.start], &pending);

@@ -66,7 +66,7 @@ pub struct Stage {
     pub group: Option<Group>,
 }
 
-/// A node cut into shards.
+/// A node cut into shards (with the run of nodes around it, for bands).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Group {
     /// The node's name.
@@ -79,8 +79,14 @@ pub struct Group {
     pub extent: u64,
     /// How the partial outputs become the node's output, and which stages do it.
     pub join: JoinSpec,
+    /// For a run cut into bands with more than one output read after it, how the other outputs are made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_joins: Vec<JoinSpec>,
     /// The estimate for the node whole, over the limit (why it is cut).
     pub unsharded_memory: u64,
+    /// For a cut into bands of rows, every node of the run each shard computes, `node` first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 /// A tensor made from the partial outputs of a group's shards.

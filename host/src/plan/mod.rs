@@ -1,6 +1,8 @@
 //! Planning a split: topological orders ([`order`]), the memory and cost models ([`memory`]), the exact
-//! partition ([`partition`]), nodes cut into parallel shards ([`shard`]) and the plan file ([`file`]).
+//! partition ([`partition`]), nodes cut into parallel shards by their weights ([`shard`]) or with the run
+//! around them into bands of rows ([`bands`]), and the plan file ([`file`]).
 
+pub mod bands;
 pub mod dag;
 pub mod file;
 pub mod memory;
@@ -106,7 +108,9 @@ fn oversized(graph: &Graph, node: NodeId, limit: u64, memory: &MemoryModel, cost
     let pos = live.order.iter().position(|&x| x == node).expect("the node is in the order");
     let needed = ev.segment(pos, pos + 1).memory;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    match shard::finest(graph, node, memory) {
+    let by_rows = bands::finest(graph, &live, pos, memory).map(|m| (m, shard::Strategy::Bands));
+    let finest = [shard::finest(graph, node, memory), by_rows].into_iter().flatten().min_by_key(|(m, _)| *m);
+    match finest {
         Some((shard_memory, strategy)) => crate::Error::ShardTooLarge {
             node: n.name.clone(),
             op: n.op_type.clone(),
@@ -131,8 +135,9 @@ fn oversized(graph: &Graph, node: NodeId, limit: u64, memory: &MemoryModel, cost
 }
 
 /// The smallest memory limit for which the model has a partition (nodes cut into shards where they can
-/// be), and the node that sets it. Starts from the largest of every node's smallest need (whole, or its
-/// finest shard; nodes no cut may separate count together) and raises it by 1 % until a partition exists.
+/// be), and the node that sets it. Starts from the largest of every node's smallest need (whole, its
+/// finest shard, or its run's finest band; nodes no cut may separate count together) and raises it by 1 %
+/// until a partition exists.
 pub fn smallest_limit(graph: &Graph, memory: &MemoryModel, cost: &CostModel) -> (u64, String) {
     let (mut limit, node) = order::candidates(graph)
         .into_iter()
@@ -146,8 +151,10 @@ pub fn smallest_limit(graph: &Graph, memory: &MemoryModel, cost: &CostModel) -> 
                 .map(|(start, end)| {
                     let node = live.order[start];
                     let whole = ev.segment(start, end).memory;
-                    let finest = (end == start + 1).then(|| shard::finest(graph, node, memory)).flatten();
-                    let need = finest.map_or(whole, |(m, _)| m.min(whole));
+                    let alone = end == start + 1;
+                    let by_weights = shard::finest(graph, node, memory).filter(|_| alone).map(|(m, _)| m);
+                    let by_rows = bands::finest(graph, &live, start, memory).filter(|_| alone);
+                    let need = [Some(whole), by_weights, by_rows].into_iter().flatten().min().unwrap_or(whole);
                     (need, graph.nodes[node].name.clone())
                 })
                 .max_by_key(|(need, _)| *need)

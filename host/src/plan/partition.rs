@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::memory::{CostModel, MemoryModel, working_bytes};
 use super::order::Liveness;
 use super::shard::{self, Join, ShardPlan};
+use super::bands;
 use crate::onnx::Graph;
 use crate::{Error, Result};
 
@@ -89,27 +90,39 @@ impl<'a> Evaluator<'a> {
     }
 
     /// An evaluator for `limit`: every node that alone exceeds it and can be cut becomes a group stage of
-    /// the fewest shards that fit. `Err(position)` names a node over the limit that cannot be cut to fit.
+    /// the fewest shards that fit: cut by its weights ([`shard`]), or, when they do not fit, with the run
+    /// of row-wise nodes around it into bands of output rows ([`bands`]). `Err(position)` names a node over
+    /// the limit that cannot be cut to fit.
     pub fn sharded(graph: &'a Graph, live: &'a Liveness, memory: &'a MemoryModel, cost: &'a CostModel, limit: u64) -> Result<Self, usize> {
         let mut ev = Evaluator::new(graph, live, memory, cost);
-        for p in 0..ev.len() {
+        let (mut p, mut free_from) = (0, 0);
+        while p < ev.len() {
             let alone = live.cut_allowed[p] && (p + 1 == ev.len() || live.cut_allowed[p + 1]);
             let whole = ev.segment(p, p + 1);
             if whole.memory <= limit || !alone {
+                p += 1;
                 continue;
             }
             let node = live.order[p];
-            let plan = shard::shard(graph, node, memory, limit, whole.memory).ok_or(p)?;
-            let output = graph.tensors[plan.layout.output].bytes();
-            if plan.layout.join == Join::Sum {
-                ev.join_io[p + 1] = output * (plan.shards.len() as u64 - 1);
+            // a node holding more activations than weights is cut with its run into bands first
+            let by_weights = || shard::shard(graph, node, memory, limit, whole.memory).map(|plan| (p, plan));
+            let by_rows = || bands::band_plan(graph, live, p, free_from, memory, limit, whole.memory);
+            let (start, plan) = match whole.weight_bytes >= whole.peak_activation_bytes {
+                true => by_weights().or_else(by_rows),
+                false => by_rows().or_else(by_weights),
             }
-            ev.join_peak[p + 1] = output;
+            .ok_or(p)?;
+            let end = start + plan.run.len().max(1);
+            let output: u64 = plan.layout.outputs.iter().map(|&t| graph.tensors[t].bytes()).sum();
+            if plan.layout.join == Join::Sum {
+                ev.join_io[end] = output * (plan.shards.len() as u64 - 1);
+            }
+            ev.join_peak[end] = output;
             let flops = plan.shards.iter().map(|s| s.flops).max().unwrap_or(0);
             let largest = plan.shards.iter().max_by_key(|s| s.memory).expect("a group has shards");
-            ev.groups[p] = Some(SegmentCost {
-                start: p,
-                end: p + 1,
+            ev.groups[start] = Some(SegmentCost {
+                start,
+                end,
                 flops,
                 weight_bytes: largest.weight_bytes,
                 largest_weight_bytes: largest.largest_weight_bytes,
@@ -118,6 +131,7 @@ impl<'a> Evaluator<'a> {
                 memory: plan.memory(),
                 group: Some(plan),
             });
+            (p, free_from) = (end, end);
         }
         Ok(ev)
     }
@@ -303,11 +317,15 @@ pub fn partition(ev: &Evaluator, request: &Request) -> Result<Vec<SegmentCost>> 
 pub fn smallest_limit(ev: &Evaluator) -> (u64, usize) {
     let mut smallest = (0, 0);
     let mut start = 0;
-    for end in 1..=ev.len() {
-        if end == ev.len() || ev.live.cut_allowed[end] {
-            smallest = smallest.max((ev.segment(start, end).memory, start));
-            start = end;
+    while start < ev.len() {
+        if let Some(group) = ev.group(start) {
+            smallest = smallest.max((group.memory, start));
+            start = group.end;
+            continue;
         }
+        let end = (start + 1..=ev.len()).find(|&e| e == ev.len() || ev.live.cut_allowed[e]).expect("the order's end is a cut");
+        smallest = smallest.max((ev.segment(start, end).memory, start));
+        start = end;
     }
     smallest
 }

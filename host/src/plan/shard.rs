@@ -2,7 +2,8 @@
 //! as Gillis does): MatMul / Gemm with a constant weight by output columns (joined by Concat) or by the
 //! reduction dimension (joined by Sum), Conv by output channels (grouped and depthwise Conv by groups),
 //! Gather on a constant table by rows (each shard answers the indices in its range and zeros elsewhere,
-//! joined by Sum).
+//! joined by Sum). Nodes bound by their activations are cut with the run around them into bands of
+//! output rows ([`super::bands`]).
 //!
 //! A node is cut along one dimension of `extent` units (columns, rows, channels, groups). A shard of `s`
 //! units holds `s / extent` of the cut weights, reads the node's whole activation input (slicing it
@@ -31,6 +32,10 @@ pub enum Strategy {
     /// Gather on axis 0 of a constant table: rows; each shard contributes zeros for indices outside its
     /// rows, and the parts are added.
     Rows,
+    /// A run of convolutions, poolings and elementwise ops: bands of its output's rows (axis 2), each
+    /// computed from the rows of the input its windows reach; the parts are concatenated on axis 2
+    /// ([`super::bands`]).
+    Bands,
 }
 
 impl Strategy {
@@ -42,6 +47,7 @@ impl Strategy {
             Strategy::Channels => "output channel",
             Strategy::Groups => "group",
             Strategy::Rows => "table row",
+            Strategy::Bands => "output row",
         }
     }
 }
@@ -76,8 +82,9 @@ pub struct Layout {
     pub input: TensorId,
     /// The axis of `input` a shard slices to its units, for reduction and group cuts.
     pub input_axis: Option<usize>,
-    /// The node's output.
-    pub output: TensorId,
+    /// The outputs the shards make parts of: the node's output (for bands, every tensor of the run read
+    /// after it).
+    pub outputs: Vec<TensorId>,
     /// How the partial outputs are joined.
     pub join: Join,
 }
@@ -112,6 +119,8 @@ pub struct ShardPlan {
     pub shards: Vec<ShardCost>,
     /// The estimate for a segment holding the node whole.
     pub unsharded_memory: u64,
+    /// For a band cut, the run of nodes every shard computes, in order, `node` first (empty otherwise).
+    pub run: Vec<NodeId>,
 }
 
 impl ShardPlan {
@@ -120,9 +129,9 @@ impl ShardPlan {
         self.shards.iter().map(|s| s.memory).max().unwrap_or(0)
     }
 
-    /// The shape and type of shard `j`'s partial output.
-    pub fn partial_shape(&self, graph: &Graph, j: usize) -> Vec<u64> {
-        let out = &graph.tensors[self.layout.output];
+    /// The shape of shard `j`'s part of output `t`.
+    pub fn partial_shape(&self, graph: &Graph, t: TensorId, j: usize) -> Vec<u64> {
+        let out = &graph.tensors[t];
         let mut shape = out.shape.clone();
         if let Join::Concat { axis } = self.layout.join {
             let (lo, hi) = self.shards[j].range;
@@ -131,9 +140,9 @@ impl ShardPlan {
         shape
     }
 
-    /// The name of shard `j`'s partial output.
-    pub fn partial_name(&self, graph: &Graph, j: usize) -> String {
-        partial_name(&graph.tensors[self.layout.output].name, j)
+    /// The name of shard `j`'s part of output `t`.
+    pub fn partial_name(&self, graph: &Graph, t: TensorId, j: usize) -> String {
+        partial_name(&graph.tensors[t].name, j)
     }
 }
 
@@ -159,7 +168,7 @@ pub fn layouts(graph: &Graph, node: NodeId) -> Vec<Layout> {
                 return out;
             }
             let base = |strategy, extent, sliced, input_axis, join| Layout {
-                strategy, extent, sliced, first_only: vec![], whole: vec![], input: a, input_axis, output, join,
+                strategy, extent, sliced, first_only: vec![], whole: vec![], input: a, input_axis, outputs: vec![output], join,
             };
             out.push(base(Strategy::Columns, dim(b, 1), vec![(b, 1)], None, Join::Concat { axis: rank(output) as i64 - 1 }));
             out.push(base(Strategy::Reduction, dim(b, 0), vec![(b, 0)], Some(rank(a) - 1), Join::Sum));
@@ -181,7 +190,7 @@ pub fn layouts(graph: &Graph, node: NodeId) -> Vec<Layout> {
             }
             out.push(Layout {
                 strategy: Strategy::Columns, extent: columns, sliced, first_only: vec![], whole, input: a,
-                input_axis: None, output, join: Join::Concat { axis: 1 },
+                input_axis: None, outputs: vec![output], join: Join::Concat { axis: 1 },
             });
             out.push(Layout {
                 strategy: Strategy::Reduction,
@@ -191,7 +200,7 @@ pub fn layouts(graph: &Graph, node: NodeId) -> Vec<Layout> {
                 whole: vec![],
                 input: a,
                 input_axis: Some(if trans_a { 0 } else { 1 }),
-                output,
+                outputs: vec![output],
                 join: Join::Sum,
             });
         }
@@ -209,7 +218,7 @@ pub fn layouts(graph: &Graph, node: NodeId) -> Vec<Layout> {
                 g => (Strategy::Groups, g, Some(1)),
             };
             out.push(Layout {
-                strategy, extent, sliced, first_only: vec![], whole: vec![], input: x, input_axis, output,
+                strategy, extent, sliced, first_only: vec![], whole: vec![], input: x, input_axis, outputs: vec![output],
                 join: Join::Concat { axis: 1 },
             });
         }
@@ -222,7 +231,7 @@ pub fn layouts(graph: &Graph, node: NodeId) -> Vec<Layout> {
             }
             out.push(Layout {
                 strategy: Strategy::Rows, extent: dim(data, 0), sliced: vec![(data, 0)], first_only: vec![],
-                whole: vec![], input: indices, input_axis: None, output, join: Join::Sum,
+                whole: vec![], input: indices, input_axis: None, outputs: vec![output], join: Join::Sum,
             });
         }
         _ => {}
@@ -248,8 +257,8 @@ fn shard_cost(graph: &Graph, node: NodeId, layout: &Layout, range: (u64, u64), f
     let input = bytes(layout.input);
     let sliced_input = layout.input_axis.map(|_| part(input)).unwrap_or(0);
     let output = match layout.join {
-        Join::Concat { .. } => part(bytes(layout.output)),
-        Join::Sum => bytes(layout.output),
+        Join::Concat { .. } => part(bytes(layout.outputs[0])),
+        Join::Sum => bytes(layout.outputs[0]),
     };
     let helpers = if layout.strategy == Strategy::Rows { 4 * input } else { 0 };
     let (packed, _) = super::order::packed_activations(graph, node);
@@ -314,7 +323,7 @@ pub fn shard(graph: &Graph, node: NodeId, memory: &MemoryModel, limit: u64, unsh
         .enumerate()
         .map(|(j, range)| shard_cost(graph, node, &layout, range, j == 0, memory))
         .collect();
-    Some(Arc::new(ShardPlan { node, layout, shards, unsharded_memory }))
+    Some(Arc::new(ShardPlan { node, layout, shards, unsharded_memory, run: vec![] }))
 }
 
 /// The smallest largest-shard estimate any cut of `node` reaches (one unit per shard), and the unit,
