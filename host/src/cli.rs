@@ -409,11 +409,20 @@ struct CostArgs {
     /// Compute speed of a segment, in GFLOP/s.
     #[arg(long, default_value_t = 10.0)]
     gflops: f64,
+    /// Cut a node that fits into up to N shards on separate functions where the cost model says they
+    /// finish sooner than the node whole, hops included (1: only nodes over the limit are cut).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    parallel_shards: u64,
 }
 
 impl CostArgs {
     fn model(&self) -> CostModel {
-        CostModel { ops_per_second: self.gflops * 1e9, bytes_per_second: self.bandwidth_mbps * 1e6, hop_seconds: self.hop_ms / 1e3 }
+        CostModel {
+            ops_per_second: self.gflops * 1e9,
+            bytes_per_second: self.bandwidth_mbps * 1e6,
+            hop_seconds: self.hop_ms / 1e3,
+            parallel_shards: self.parallel_shards,
+        }
     }
 }
 
@@ -973,7 +982,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             request: Request { max_memory, segments: args.segments, objective: args.objective, max_segments: 16 },
             input_shapes: args.shapes.input_shapes.clone(),
             memory: MemoryModel::default(),
-            cost: CostArgs { hop_ms: 2.0, bandwidth_mbps: 500.0, gflops: 10.0 }.model(),
+            cost: CostArgs { hop_ms: 2.0, bandwidth_mbps: 500.0, gflops: 10.0, parallel_shards: 1 }.model(),
         };
         prepare::model(&args.target, &options, &runtime()?, &engine, &cache_root().join("builds"))?
     };
@@ -1155,12 +1164,15 @@ fn print_plan(plan: &Plan) -> anyhow::Result<()> {
     for stage in &plan.stages {
         let out_bytes = plan.boundaries.get(stage.index).map(|b| b.bytes.to_string()).unwrap_or_default();
         if let Some(group) = &stage.group {
+            let why = match group.unsharded_memory > plan.request.max_memory {
+                true => format!("needs {} whole", mib(group.unsharded_memory)),
+                false => format!("fits whole ({}) but is faster", mib(group.unsharded_memory)),
+            };
             println!(
-                "{:>5} group: node `{}` ({}) needs {} whole, cut by {:?} ({} units) into {} parallel shards, joined by {}; {} bytes out",
+                "{:>5} group: node `{}` ({}) {why}, cut by {:?} ({} units) into {} parallel shards, joined by {}; {} bytes out",
                 stage.index,
                 truncate(&group.node, 40),
                 group.op,
-                mib(group.unsharded_memory),
                 group.strategy,
                 group.extent,
                 stage.segments.len(),

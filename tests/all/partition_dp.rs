@@ -97,7 +97,7 @@ fn close(a: f64, b: f64) -> bool {
 #[test]
 fn dp_matches_brute_force_on_random_dags() {
     let memory = MemoryModel { runtime_overhead: 0, ..MemoryModel::default() };
-    let cost = CostModel { ops_per_second: 1e6, bytes_per_second: 1e5, hop_seconds: 1e-4 };
+    let cost = CostModel { ops_per_second: 1e6, bytes_per_second: 1e5, hop_seconds: 1e-4, parallel_shards: 1 };
     let mut compared = 0;
     for seed in 0..60u64 {
         let graph = random_graph(seed);

@@ -195,6 +195,41 @@ fn a_detector_runs_in_bands_of_rows_everywhere() {
     through_the_gateway(dir.path(), &plan, band_stage, (&body, header), &expected);
 }
 
+/// With `--parallel-shards`, nodes that fit are cut where the cost model says parallel shards finish
+/// sooner: resnet18 under a limit that holds it whole runs its large convolutions as groups of up to 4
+/// shards, the plan's estimated latency below the plan without them, and the stages reproduce the unsplit
+/// model; without the option no node that fits is cut.
+#[test]
+fn nodes_that_fit_run_as_parallel_shards_where_the_cost_model_says_so() {
+    let Some(path) = crate::common::model_file("resnet18_rand.onnx") else { return };
+    let limit = 128 * MIB;
+    let split = |parallel_shards: u64| {
+        let options = SplitOptions {
+            request: Request { max_memory: limit, segments: None, objective: Objective::Latency, max_segments: 64 },
+            input_shapes: vec![],
+            memory: MemoryModel::default(),
+            cost: CostModel { parallel_shards, ..CostModel::default() },
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Split::new(&path, &options).expect("split").write(dir.path()).unwrap();
+        (dir, plan)
+    };
+    let (_, whole) = split(1);
+    assert_eq!(whole.stages.len(), 1, "resnet18 fits one function under 128 MiB");
+    let (dir, plan) = split(4);
+    let groups: Vec<(&netless::plan::file::Group, usize)> = plan.stages.iter().filter_map(|s| s.group.as_ref().map(|g| (g, s.segments.len()))).collect();
+    assert!(!groups.is_empty(), "no node was cut for speed");
+    for (group, shards) in &groups {
+        assert!(group.unsharded_memory <= limit && (2..=4).contains(shards), "{group:?} in {shards} shards");
+    }
+    assert!(plan.latency_seconds < whole.latency_seconds, "{} s against {} s whole", plan.latency_seconds, whole.latency_seconds);
+    let inputs = netless::verify::load_inputs(&plan.model.inputs, &[]).unwrap();
+    assert_close("native stages", &unsplit(&plan, &inputs), &run_segments(dir.path(), &plan, &inputs).expect("stages run natively"));
+    let out = netless(&["plan", path.to_str().unwrap(), "--max-memory", "128MiB", "--parallel-shards", "4"]);
+    let header = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string();
+    assert!(header.contains(&format!("({} functions,", plan.segments.len())), "`plan --parallel-shards 4` plans the same: {header}");
+}
+
 /// Bands of a stack with every window form a band meets: padding on one side only, strides, dilation, a
 /// depthwise convolution, SAME padding, a residual branch, a channel concatenation, max and average
 /// pooling, a per-channel PRelu and two outputs, on odd sizes: the bands' rows, halos and paddings

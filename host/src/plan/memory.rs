@@ -90,11 +90,19 @@ pub struct CostModel {
     pub bytes_per_second: f64,
     /// Fixed seconds per hop between segments (request, scheduling, (de)serialisation set-up).
     pub hop_seconds: f64,
+    /// The most shards a node that fits is cut into when parallel shards on separate functions are
+    /// faster than the node whole (1: only nodes over the limit are cut).
+    #[serde(default = "one")]
+    pub parallel_shards: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl Default for CostModel {
     fn default() -> Self {
-        CostModel { ops_per_second: 10e9, bytes_per_second: 500e6, hop_seconds: 0.002 }
+        CostModel { ops_per_second: 10e9, bytes_per_second: 500e6, hop_seconds: 0.002, parallel_shards: 1 }
     }
 }
 

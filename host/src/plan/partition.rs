@@ -91,16 +91,28 @@ impl<'a> Evaluator<'a> {
 
     /// An evaluator for `limit`: every node that alone exceeds it and can be cut becomes a group stage of
     /// the fewest shards that fit: cut by its weights ([`shard`]), or, when they do not fit, with the run
-    /// of row-wise nodes around it into bands of output rows ([`bands`]). `Err(position)` names a node over
-    /// the limit that cannot be cut to fit.
+    /// of row-wise nodes around it into bands of output rows ([`bands`]). With
+    /// [`CostModel::parallel_shards`] above 1, a node that fits becomes a group too where its shards
+    /// finish sooner ([`Self::parallel`]). `Err(position)` names a node over the limit that cannot be cut
+    /// to fit.
     pub fn sharded(graph: &'a Graph, live: &'a Liveness, memory: &'a MemoryModel, cost: &'a CostModel, limit: u64) -> Result<Self, usize> {
         let mut ev = Evaluator::new(graph, live, memory, cost);
         let (mut p, mut free_from) = (0, 0);
         while p < ev.len() {
             let alone = live.cut_allowed[p] && (p + 1 == ev.len() || live.cut_allowed[p + 1]);
             let whole = ev.segment(p, p + 1);
-            if whole.memory <= limit || !alone {
+            if !alone {
                 p += 1;
+                continue;
+            }
+            if whole.memory <= limit {
+                match ev.parallel(p, &whole, limit) {
+                    Some(plan) => {
+                        p = ev.add_group(p, plan);
+                        free_from = p;
+                    }
+                    None => p += 1,
+                }
                 continue;
             }
             let node = live.order[p];
@@ -112,28 +124,53 @@ impl<'a> Evaluator<'a> {
                 false => by_rows().or_else(by_weights),
             }
             .ok_or(p)?;
-            let end = start + plan.run.len().max(1);
-            let output: u64 = plan.layout.outputs.iter().map(|&t| graph.tensors[t].bytes()).sum();
-            if plan.layout.join == Join::Sum {
-                ev.join_io[end] = output * (plan.shards.len() as u64 - 1);
-            }
-            ev.join_peak[end] = output;
-            let flops = plan.shards.iter().map(|s| s.flops).max().unwrap_or(0);
-            let largest = plan.shards.iter().max_by_key(|s| s.memory).expect("a group has shards");
-            ev.groups[start] = Some(SegmentCost {
-                start,
-                end,
-                flops,
-                weight_bytes: largest.weight_bytes,
-                largest_weight_bytes: largest.largest_weight_bytes,
-                peak_activation_bytes: largest.peak_activation_bytes,
-                io_bytes: largest.io_bytes,
-                memory: plan.memory(),
-                group: Some(plan),
-            });
-            (p, free_from) = (end, end);
+            p = ev.add_group(start, plan);
+            free_from = p;
         }
         Ok(ev)
+    }
+
+    /// Makes `plan`, starting at position `start`, a group stage; returns the position after it.
+    fn add_group(&mut self, start: usize, plan: Arc<ShardPlan>) -> usize {
+        let end = start + plan.run.len().max(1);
+        let output: u64 = plan.layout.outputs.iter().map(|&t| self.graph.tensors[t].bytes()).sum();
+        if plan.layout.join == Join::Sum {
+            self.join_io[end] = output * (plan.shards.len() as u64 - 1);
+        }
+        self.join_peak[end] = output;
+        let flops = plan.shards.iter().map(|s| s.flops).max().unwrap_or(0);
+        let largest = plan.shards.iter().max_by_key(|s| s.memory).expect("a group has shards");
+        self.groups[start] = Some(SegmentCost {
+            start,
+            end,
+            flops,
+            weight_bytes: largest.weight_bytes,
+            largest_weight_bytes: largest.largest_weight_bytes,
+            peak_activation_bytes: largest.peak_activation_bytes,
+            io_bytes: largest.io_bytes,
+            memory: plan.memory(),
+            group: Some(plan),
+        });
+        end
+    }
+
+    /// The cut of the node at `p`, which fits `limit` whole, into 2 to [`CostModel::parallel_shards`]
+    /// shards that most shortens a request, if any does: the compute the shards save running side by
+    /// side (the node's against its largest shard's) must exceed what the group adds, two hops (into
+    /// the shards and out of them) carrying every shard's input and output.
+    fn parallel(&self, p: usize, whole: &SegmentCost, limit: u64) -> Option<Arc<ShardPlan>> {
+        let node = self.live.order[p];
+        (2..=self.cost.parallel_shards)
+            .filter_map(|count| shard::shard_into(self.graph, node, self.memory, limit, count, whole.memory))
+            .map(|plan| {
+                let largest = plan.shards.iter().map(|s| s.flops).max().unwrap_or(0);
+                let moved: u64 = plan.shards.iter().map(|s| s.io_bytes).sum();
+                let saved = self.cost.compute(whole.flops) - self.cost.compute(largest);
+                (saved - 2.0 * self.cost.hop_seconds - moved as f64 / self.cost.bytes_per_second, plan)
+            })
+            .filter(|(gain, _)| *gain > 0.0)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, plan)| Arc::new(plan))
     }
 
     /// The group stage at position `p`, if its node is cut into shards.

@@ -318,12 +318,28 @@ pub fn shard(graph: &Graph, node: NodeId, memory: &MemoryModel, limit: u64, unsh
         }
     }
     let (count, layout) = best?;
+    Some(Arc::new(cut(graph, node, layout, count, memory, unsharded_memory)))
+}
+
+/// `node` cut into exactly `count` shards that each fit `limit`, by the layout whose shards move the
+/// fewest bytes, or `None` if no layout has as many units or its shards do not fit.
+pub fn shard_into(graph: &Graph, node: NodeId, memory: &MemoryModel, limit: u64, count: u64, unsharded_memory: u64) -> Option<ShardPlan> {
+    layouts(graph, node)
+        .into_iter()
+        .filter(|l| l.extent >= count)
+        .map(|layout| cut(graph, node, layout, count, memory, unsharded_memory))
+        .filter(|plan| plan.memory() <= limit)
+        .min_by_key(|plan| plan.shards.iter().map(|s| s.io_bytes).sum::<u64>())
+}
+
+/// `layout` in `count` shards.
+fn cut(graph: &Graph, node: NodeId, layout: Layout, count: u64, memory: &MemoryModel, unsharded_memory: u64) -> ShardPlan {
     let shards = ranges(layout.extent, count)
         .into_iter()
         .enumerate()
         .map(|(j, range)| shard_cost(graph, node, &layout, range, j == 0, memory))
         .collect();
-    Some(Arc::new(ShardPlan { node, layout, shards, unsharded_memory, run: vec![] }))
+    ShardPlan { node, layout, shards, unsharded_memory, run: vec![] }
 }
 
 /// The smallest largest-shard estimate any cut of `node` reaches (one unit per shard), and the unit,
