@@ -240,6 +240,10 @@ enum Command {
         /// vs the unsplit model in native tract.
         #[arg(long, conflicts_with_all = ["serve", "hops"])]
         shards: bool,
+        /// For --shards: also cut nodes that fit into up to N shards where the cost model says that is
+        /// faster (as `plan --parallel-shards`).
+        #[arg(long, default_value_t = 1, requires = "shards", value_parser = clap::value_parser!(u64).range(1..=64))]
+        parallel_shards: u64,
         /// Measure the latency one hop between stages adds instead: in one process, over loopback,
         /// across network namespaces (--netns) and chained under Spin, on a one-node model.
         #[arg(long, conflicts_with = "serve")]
@@ -763,13 +767,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { model: None, .. } => bail!("a model is needed (only --hops runs without one)"),
-        Command::Bench { model: Some(model), max_memory, shapes, runs, out, shards: true, .. } => {
+        Command::Bench { model: Some(model), max_memory, shapes, runs, out, shards: true, parallel_shards, .. } => {
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
             let out = out.unwrap_or_else(|| Path::new("bench-out").join(format!("{stem}-shards")));
             let runtime = component_path("NETLESS_RUNTIME_WASM", "netless_segment.wasm");
             let options = netless::bench::shards::ShardBenchOptions {
                 model,
                 max_memory,
+                parallel_shards,
                 input_shapes: shapes.input_shapes,
                 runs: runs as usize,
                 runtime_wasm: std::fs::read(&runtime).with_context(|| format!("reading the segment runtime {} (build it with scripts/build-components.sh)", runtime.display()))?,

@@ -157,3 +157,26 @@ fn a_sweep_prints_the_plan_of_every_limit() {
     }
     assert!(feasible == 5 && last_functions == 1, "{stdout}");
 }
+
+/// Every limit from 10 % above the smallest feasible one up has a plan: bands and shards are chosen so
+/// that the function after a group can join it (mobilenet_v2 and squeezenet1_1 once failed between 6 and
+/// 9 MiB while a smaller limit worked). Within those 10 % the greedy choice of groups may still miss.
+#[test]
+fn every_limit_above_the_smallest_has_a_plan() {
+    for name in ["mobilenet_v2_rand.onnx", "squeezenet1_1_rand.onnx", "resnet18_rand.onnx"] {
+        let Some(path) = crate::common::model_file(name) else { return };
+        let path = path.to_str().unwrap();
+        let inspect = String::from_utf8_lossy(&crate::common::netless(&["inspect", path]).stdout).to_string();
+        let smallest: f64 = inspect
+            .lines()
+            .find_map(|l| l.strip_prefix("smallest feasible --max-memory: "))
+            .and_then(|l| l.split(" MiB").next())
+            .and_then(|mib| mib.parse().ok())
+            .unwrap_or_else(|| panic!("inspect names the smallest limit: {inspect}"));
+        let sweep = format!("{:.2}MiB..{:.2}MiB", smallest * 1.1, smallest * 3.0);
+        let out = crate::common::netless(&["plan", path, "--sweep", &sweep, "--points", "12"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.lines().skip(2).count() == 12, "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!stdout.contains("no plan"), "{name}: a limit above the smallest ({smallest} MiB) has no plan:\n{stdout}");
+    }
+}

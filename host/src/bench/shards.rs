@@ -28,6 +28,8 @@ pub struct ShardBenchOptions {
     pub model: PathBuf,
     /// The memory limit of one function.
     pub max_memory: u64,
+    /// The most shards a node that fits is cut into for speed ([`CostModel::parallel_shards`]).
+    pub parallel_shards: u64,
     /// Input shapes for the split.
     pub input_shapes: InputShapes,
     /// Timed runs per configuration, after one warm-up.
@@ -103,7 +105,7 @@ pub fn run(options: &ShardBenchOptions, engine: &Engine, log: &mut dyn FnMut(&st
         request: Request { max_memory: options.max_memory, segments: None, objective: Objective::Latency, max_segments: 64 },
         input_shapes: options.input_shapes.clone(),
         memory: MemoryModel::default(),
-        cost: CostModel::default(),
+        cost: CostModel { parallel_shards: options.parallel_shards, ..CostModel::default() },
     };
     log(&format!("splitting {} under {} bytes", options.model.display(), options.max_memory));
     let (written, split_ms) = timed(|| Split::new(&options.model, &split_options).and_then(|s| Ok((s.write(&options.out)?, s))));

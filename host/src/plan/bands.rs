@@ -182,8 +182,10 @@ pub fn rows(graph: &Graph, run_nodes: &[NodeId], outputs: &[TensorId], band: (u6
 }
 
 /// The facts of the band of output rows `band`: it holds the run's input whole until it has kept its
-/// rows, then every tensor of the run on the rows it needs, one at a time as liveness along the run says.
-fn band_cost(graph: &Graph, run: &Run, band: (u64, u64), weights: (u64, u64), memory: &MemoryModel) -> ShardCost {
+/// rows, then every tensor of the run on the rows it needs, one at a time as liveness along the run says;
+/// its estimate counts the `joined` bytes of partial outputs of a group just before it that it joins first,
+/// as [`super::dag`] does.
+fn band_cost(graph: &Graph, run: &Run, band: (u64, u64), weights: (u64, u64), joined: u64, memory: &MemoryModel) -> ShardCost {
     let need = rows(graph, &run.nodes, &run.outputs, band);
     let part = |t: TensorId| {
         let tensor = &graph.tensors[t];
@@ -224,7 +226,7 @@ fn band_cost(graph: &Graph, run: &Run, band: (u64, u64), weights: (u64, u64), me
         largest_weight_bytes: weights.1,
         peak_activation_bytes: peak,
         io_bytes: input + output,
-        memory: memory.estimate(weights.0, weights.1, peak),
+        memory: memory.estimate(weights.0, weights.1, peak + joined),
     }
 }
 
@@ -243,15 +245,15 @@ fn bands(rows: u64, count: u64) -> Vec<(u64, u64)> {
 }
 
 /// The run's shards when cut into `count` bands.
-fn cut(graph: &Graph, run: &Run, count: u64, weights: (u64, u64), memory: &MemoryModel) -> Vec<ShardCost> {
-    bands(run.height(graph), count).into_iter().map(|band| band_cost(graph, run, band, weights, memory)).collect()
+fn cut(graph: &Graph, run: &Run, count: u64, weights: (u64, u64), joined: u64, memory: &MemoryModel) -> Vec<ShardCost> {
+    bands(run.height(graph), count).into_iter().map(|band| band_cost(graph, run, band, weights, joined, memory)).collect()
 }
 
 /// The largest band's estimate when the run is cut into `count` bands: the first, a middle or the last
 /// band (the bands differ by one row at most, and only the edges lack a halo on one side).
-fn largest(graph: &Graph, run: &Run, count: u64, weights: (u64, u64), memory: &MemoryModel) -> u64 {
+fn largest(graph: &Graph, run: &Run, count: u64, weights: (u64, u64), joined: u64, memory: &MemoryModel) -> u64 {
     let all = bands(run.height(graph), count);
-    [0, all.len() / 2, all.len() - 1].into_iter().map(|j| band_cost(graph, run, all[j], weights, memory).memory).max().unwrap_or(0)
+    [0, all.len() / 2, all.len() - 1].into_iter().map(|j| band_cost(graph, run, all[j], weights, joined, memory).memory).max().unwrap_or(0)
 }
 
 /// The weights a run holds, and the largest its kernels pack.
@@ -264,14 +266,36 @@ fn run_weights(graph: &Graph, live: &Liveness, start: usize, end: usize) -> (u64
     (bytes, largest, held)
 }
 
-/// The band cut of the best run through position `p` of `live`'s order under `limit`: among the runs that
-/// start at `p` or as early as bands allow (not before `from`) and end anywhere after it, the one needing the
-/// fewest bands, then the longest. Returns the run's first position and its cut; `None` if no run through
-/// `p` fits, even in bands of one row.
-pub fn band_plan(graph: &Graph, live: &Liveness, p: usize, from: usize, memory: &MemoryModel, limit: u64, unsharded_memory: u64) -> Option<(usize, Arc<ShardPlan>)> {
-    let earliest = (from..=p).rev().take_while(|&s| rowwise(graph, live.order[s])).last()?;
-    let mut best: Option<(u64, usize, usize, Vec<ShardCost>, Run)> = None;
-    for start in [earliest, p].into_iter().collect::<std::collections::BTreeSet<_>>() {
+/// How many positions right before a node a band run through it may start at (besides the earliest).
+const NEAR_STARTS: usize = 6;
+
+/// The first positions a band run through `p` may have: the earliest, and the few right before `p`.
+fn starts(earliest: usize, p: usize) -> impl Iterator<Item = usize> {
+    std::iter::once(earliest).chain(p.saturating_sub(NEAR_STARTS).max(earliest + 1)..=p)
+}
+
+/// A run of the order that bands can compute under a limit: positions `[start, end)` in `count` bands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BandRun {
+    /// First position.
+    pub start: usize,
+    /// One past the last.
+    pub end: usize,
+    /// The fewest bands whose largest fits the limit.
+    pub count: u64,
+    /// Bytes of the run's outputs, which the function after it joins.
+    pub output_bytes: u64,
+}
+
+/// The runs through position `p` of `live`'s order that fit `limit` in bands, the fewest bands first, then
+/// the longest: runs starting at `p`, a few positions before it, or as early as bands allow (not before `from`, where a
+/// group just before leaves `joined` bytes of partial outputs to join) and ending anywhere after it. Empty
+/// if no run through `p` fits, even in bands of one row.
+pub fn band_runs(graph: &Graph, live: &Liveness, p: usize, (from, joined): (usize, u64), memory: &MemoryModel, limit: u64) -> Vec<BandRun> {
+    let Some(earliest) = (from..=p).rev().take_while(|&s| rowwise(graph, live.order[s])).last() else { return vec![] };
+    let mut found = Vec::new();
+    for start in starts(earliest, p) {
+        let joined = if start == from { joined } else { 0 };
         for end in p + 1..=live.order.len() {
             if !rowwise(graph, live.order[end - 1]) {
                 break;
@@ -279,7 +303,7 @@ pub fn band_plan(graph: &Graph, live: &Liveness, p: usize, from: usize, memory: 
             let Some(run) = run(graph, live, start, end) else { continue };
             let (w, largest_weight, _) = run_weights(graph, live, start, end);
             let rows = run.height(graph);
-            let fits = |count: u64| largest(graph, &run, count, (w, largest_weight), memory) <= limit;
+            let fits = |count: u64| largest(graph, &run, count, (w, largest_weight), joined, memory) <= limit;
             if !fits(rows) {
                 continue;
             }
@@ -289,14 +313,24 @@ pub fn band_plan(graph: &Graph, live: &Liveness, p: usize, from: usize, memory: 
                 let mid = lo + (hi - lo) / 2;
                 if fits(mid) { hi = mid } else { lo = mid + 1 }
             }
-            let better = best.as_ref().is_none_or(|(count, s, e, _, _)| lo < *count || (lo == *count && end - start > e - s));
-            if better {
-                best = Some((lo, start, end, cut(graph, &run, lo, (w, largest_weight), memory), run));
-            }
+            // the search samples three bands; with strides, another band may reach a row more
+            let every_band_fits = |count: u64| cut(graph, &run, count, (w, largest_weight), joined, memory).iter().all(|b| b.memory <= limit);
+            let Some(count) = (lo..=rows).find(|&c| every_band_fits(c)) else { continue };
+            let output_bytes = run.outputs.iter().map(|&t| graph.tensors[t].bytes()).sum();
+            found.push(BandRun { start, end, count, output_bytes });
         }
     }
-    let (_, start, end, shards, run) = best?;
-    let (_, _, held) = run_weights(graph, live, start, end);
+    found.sort_by_key(|r| (r.count, std::cmp::Reverse(r.end - r.start)));
+    found
+}
+
+/// The cut of `band` (found by [`band_runs`] with the same `from` and `joined`).
+pub fn band_plan(graph: &Graph, live: &Liveness, band: BandRun, (from, joined): (usize, u64), memory: &MemoryModel, unsharded_memory: u64) -> Arc<ShardPlan> {
+    let BandRun { start, end, count, .. } = band;
+    let run = run(graph, live, start, end).expect("a run found by band_runs");
+    let (w, largest_weight, held) = run_weights(graph, live, start, end);
+    let joined = if start == from { joined } else { 0 };
+    let shards = cut(graph, &run, count, (w, largest_weight), joined, memory);
     let layout = Layout {
         strategy: Strategy::Bands,
         extent: run.height(graph),
@@ -308,8 +342,7 @@ pub fn band_plan(graph: &Graph, live: &Liveness, p: usize, from: usize, memory: 
         outputs: run.outputs,
         join: Join::Concat { axis: 2 },
     };
-    let plan = ShardPlan { node: run.nodes[0], layout, shards, unsharded_memory, run: run.nodes };
-    Some((start, Arc::new(plan)))
+    Arc::new(ShardPlan { node: run.nodes[0], layout, shards, unsharded_memory, run: run.nodes })
 }
 
 /// The smallest largest-band estimate any run through position `p` reaches (bands of one row), or `None`
@@ -317,14 +350,14 @@ pub fn band_plan(graph: &Graph, live: &Liveness, p: usize, from: usize, memory: 
 pub fn finest(graph: &Graph, live: &Liveness, p: usize, memory: &MemoryModel) -> Option<u64> {
     let earliest = (0..=p).rev().take_while(|&s| rowwise(graph, live.order[s])).last()?;
     let mut finest: Option<u64> = None;
-    for start in [earliest, p] {
+    for start in starts(earliest, p) {
         for end in p + 1..=live.order.len() {
             if !rowwise(graph, live.order[end - 1]) {
                 break;
             }
             let Some(run) = run(graph, live, start, end) else { continue };
             let (w, largest_weight, _) = run_weights(graph, live, start, end);
-            let need = largest(graph, &run, run.height(graph), (w, largest_weight), memory);
+            let need = largest(graph, &run, run.height(graph), (w, largest_weight), 0, memory);
             finest = Some(finest.map_or(need, |f| f.min(need)));
         }
     }

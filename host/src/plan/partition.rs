@@ -21,6 +21,20 @@ use super::bands;
 use crate::onnx::Graph;
 use crate::{Error, Result};
 
+/// How many times in all [`Evaluator::sharded`] tries a group's next choice.
+const RETRIES: usize = 32;
+
+/// How many band cuts of one node [`Evaluator::sharded`] may try.
+const CHOICES: usize = 8;
+
+/// Where placing groups failed: the node over the limit that could not be cut, and whether it was the
+/// first one met after the group placed last (whose other choices may then help).
+#[derive(Clone, Copy)]
+struct Failed {
+    position: usize,
+    first: bool,
+}
+
 /// What the partition optimises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -97,37 +111,82 @@ impl<'a> Evaluator<'a> {
     /// to fit.
     pub fn sharded(graph: &'a Graph, live: &'a Liveness, memory: &'a MemoryModel, cost: &'a CostModel, limit: u64) -> Result<Self, usize> {
         let mut ev = Evaluator::new(graph, live, memory, cost);
-        let (mut p, mut free_from) = (0, 0);
-        while p < ev.len() {
-            let alone = live.cut_allowed[p] && (p + 1 == ev.len() || live.cut_allowed[p + 1]);
-            let whole = ev.segment(p, p + 1);
+        let mut retries = RETRIES;
+        ev.place_groups(0, limit, &mut retries).map_err(|failed| failed.position)?;
+        Ok(ev)
+    }
+
+    /// Places the groups of positions `from..`: walks the order, cutting every node over `limit`. When
+    /// the first node over the limit after a group cannot be cut to fit (it must join that group's
+    /// outputs, or its run would have to start inside that group), the group's next choice is tried (a
+    /// band run ending elsewhere), up to `retries` times in all.
+    fn place_groups(&mut self, from: usize, limit: u64, retries: &mut usize) -> Result<(), Failed> {
+        let (graph, live, memory) = (self.graph, self.live, self.memory);
+        let mut p = from;
+        while p < self.len() {
+            let alone = live.cut_allowed[p] && (p + 1 == self.len() || live.cut_allowed[p + 1]);
+            let whole = self.segment(p, p + 1);
             if !alone {
                 p += 1;
                 continue;
             }
             if whole.memory <= limit {
-                match ev.parallel(p, &whole, limit) {
-                    Some(plan) => {
-                        p = ev.add_group(p, plan);
-                        free_from = p;
-                    }
+                match self.parallel(p, &whole, limit) {
+                    Some(plan) => return self.place_after(std::iter::once((p, plan)), limit, retries).map_err(|f| f.unwrap_or(Failed { position: p, first: true })),
                     None => p += 1,
                 }
                 continue;
             }
             let node = live.order[p];
+            let joined = |at: usize| self.join_peak[at] + self.join_io[at];
+            let by_weights = || shard::shard(graph, node, memory, limit, whole.memory, joined(p)).map(|plan| (p, plan)).into_iter().collect::<Vec<_>>();
+            let by_rows = || self.band_choices(p, (from, joined(from)), limit, whole.memory);
             // a node holding more activations than weights is cut with its run into bands first
-            let by_weights = || shard::shard(graph, node, memory, limit, whole.memory).map(|plan| (p, plan));
-            let by_rows = || bands::band_plan(graph, live, p, free_from, memory, limit, whole.memory);
-            let (start, plan) = match whole.weight_bytes >= whole.peak_activation_bytes {
-                true => by_weights().or_else(by_rows),
-                false => by_rows().or_else(by_weights),
-            }
-            .ok_or(p)?;
-            p = ev.add_group(start, plan);
-            free_from = p;
+            let choices = match whole.weight_bytes >= whole.peak_activation_bytes {
+                true => [by_weights(), by_rows()].concat(),
+                false => [by_rows(), by_weights()].concat(),
+            };
+            return self.place_after(choices.into_iter(), limit, retries).map_err(|f| f.unwrap_or(Failed { position: p, first: true }));
         }
-        Ok(ev)
+        Ok(())
+    }
+
+    /// Makes the first of `choices` after which the rest of the order can be placed a group, and places
+    /// the rest. `Err(None)` when there is no choice.
+    fn place_after(&mut self, choices: impl Iterator<Item = (usize, Arc<ShardPlan>)>, limit: u64, retries: &mut usize) -> Result<(), Option<Failed>> {
+        let mut failed: Option<Failed> = None;
+        for (start, plan) in choices {
+            let saved = (self.groups.clone(), self.join_io.clone(), self.join_peak.clone());
+            let end = self.add_group(start, plan);
+            match self.place_groups(end, limit, retries) {
+                Ok(()) => return Ok(()),
+                Err(f) => {
+                    (self.groups, self.join_io, self.join_peak) = saved;
+                    let first = failed.get_or_insert(Failed { position: f.position, first: false });
+                    if !f.first || *retries == 0 {
+                        return Err(Some(*first));
+                    }
+                    *retries -= 1;
+                }
+            }
+        }
+        Err(failed)
+    }
+
+    /// The band cuts through position `p` worth trying, best first (at most [`CHOICES`]): those after
+    /// which the next node, joining the bands, still fits the limit, then as [`bands::band_runs`] ranks.
+    fn band_choices(&self, p: usize, start: (usize, u64), limit: u64, unsharded_memory: u64) -> Vec<(usize, Arc<ShardPlan>)> {
+        let joinable = |run: &bands::BandRun| {
+            let cut = (run.end + 1..=self.len()).find(|&c| c == self.len() || self.live.cut_allowed[c]).unwrap_or(self.len());
+            let next = if run.end == self.len() { self.join_stage() } else { self.segment(run.end, cut) };
+            self.memory.estimate(next.weight_bytes, next.largest_weight_bytes, next.peak_activation_bytes + 2 * run.output_bytes) <= limit
+        };
+        let mut runs = bands::band_runs(self.graph, self.live, p, start, self.memory, limit);
+        runs.sort_by_key(|r| !joinable(r));
+        runs.into_iter()
+            .take(CHOICES)
+            .map(|run| (run.start, bands::band_plan(self.graph, self.live, run, start, self.memory, unsharded_memory)))
+            .collect()
     }
 
     /// Makes `plan`, starting at position `start`, a group stage; returns the position after it.
@@ -161,7 +220,7 @@ impl<'a> Evaluator<'a> {
     fn parallel(&self, p: usize, whole: &SegmentCost, limit: u64) -> Option<Arc<ShardPlan>> {
         let node = self.live.order[p];
         (2..=self.cost.parallel_shards)
-            .filter_map(|count| shard::shard_into(self.graph, node, self.memory, limit, count, whole.memory))
+            .filter_map(|count| shard::shard_into(self.graph, node, self.memory, limit, count, whole.memory, self.join_peak[p] + self.join_io[p]))
             .map(|plan| {
                 let largest = plan.shards.iter().map(|s| s.flops).max().unwrap_or(0);
                 let moved: u64 = plan.shards.iter().map(|s| s.io_bytes).sum();

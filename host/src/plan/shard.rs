@@ -240,8 +240,9 @@ pub fn layouts(graph: &Graph, node: NodeId) -> Vec<Layout> {
     out
 }
 
-/// The facts of a shard of `layout` holding the units `range`.
-fn shard_cost(graph: &Graph, node: NodeId, layout: &Layout, range: (u64, u64), first: bool, memory: &MemoryModel) -> ShardCost {
+/// The facts of a shard of `layout` holding the units `range`; its estimate counts the `joined` bytes of
+/// partial outputs of a group just before it that it joins first, as [`super::dag`] does.
+fn shard_cost(graph: &Graph, node: NodeId, layout: &Layout, range: (u64, u64), first: bool, joined: u64, memory: &MemoryModel) -> ShardCost {
     let units = range.1 - range.0;
     let part = |bytes: u64| (bytes as u128 * units as u128).div_ceil(layout.extent as u128) as u64;
     let bytes = |t: TensorId| graph.tensors[t].bytes();
@@ -275,7 +276,7 @@ fn shard_cost(graph: &Graph, node: NodeId, layout: &Layout, range: (u64, u64), f
         .unwrap_or(0);
     ShardCost {
         range, flops, weight_bytes, largest_weight_bytes: largest, peak_activation_bytes: peak, io_bytes: io,
-        memory: memory.estimate(weight_bytes, largest, peak),
+        memory: memory.estimate(weight_bytes, largest, peak + joined),
     }
 }
 
@@ -294,50 +295,51 @@ fn ranges(extent: u64, count: u64) -> Vec<(u64, u64)> {
 }
 
 /// The estimate of the largest shard when `layout` is cut `count` ways.
-fn largest(graph: &Graph, node: NodeId, layout: &Layout, count: u64, memory: &MemoryModel) -> u64 {
+fn largest(graph: &Graph, node: NodeId, layout: &Layout, count: u64, joined: u64, memory: &MemoryModel) -> u64 {
     let units = layout.extent.div_ceil(count);
-    shard_cost(graph, node, layout, (0, units), true, memory).memory
+    shard_cost(graph, node, layout, (0, units), true, joined, memory).memory
 }
 
 /// The smallest-count cut of `node` whose every shard fits `limit`, trying each layout and keeping the
-/// fewest shards (the first layout on a tie). `None` when no layout fits, even one unit per shard.
-pub fn shard(graph: &Graph, node: NodeId, memory: &MemoryModel, limit: u64, unsharded_memory: u64) -> Option<Arc<ShardPlan>> {
+/// fewest shards (the first layout on a tie); `joined` as in [`shard_cost`]. `None` when no layout fits,
+/// even one unit per shard.
+pub fn shard(graph: &Graph, node: NodeId, memory: &MemoryModel, limit: u64, unsharded_memory: u64, joined: u64) -> Option<Arc<ShardPlan>> {
     let mut best: Option<(u64, Layout)> = None;
     for layout in layouts(graph, node) {
-        if largest(graph, node, &layout, layout.extent, memory) > limit {
+        if largest(graph, node, &layout, layout.extent, joined, memory) > limit {
             continue;
         }
         // the largest shard shrinks as the count grows: binary search for the smallest count that fits
         let (mut lo, mut hi) = (1u64, layout.extent);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if largest(graph, node, &layout, mid, memory) <= limit { hi = mid } else { lo = mid + 1 }
+            if largest(graph, node, &layout, mid, joined, memory) <= limit { hi = mid } else { lo = mid + 1 }
         }
         if best.as_ref().is_none_or(|(count, _)| lo < *count) {
             best = Some((lo, layout));
         }
     }
     let (count, layout) = best?;
-    Some(Arc::new(cut(graph, node, layout, count, memory, unsharded_memory)))
+    Some(Arc::new(cut(graph, node, layout, count, memory, unsharded_memory, joined)))
 }
 
 /// `node` cut into exactly `count` shards that each fit `limit`, by the layout whose shards move the
 /// fewest bytes, or `None` if no layout has as many units or its shards do not fit.
-pub fn shard_into(graph: &Graph, node: NodeId, memory: &MemoryModel, limit: u64, count: u64, unsharded_memory: u64) -> Option<ShardPlan> {
+pub fn shard_into(graph: &Graph, node: NodeId, memory: &MemoryModel, limit: u64, count: u64, unsharded_memory: u64, joined: u64) -> Option<ShardPlan> {
     layouts(graph, node)
         .into_iter()
         .filter(|l| l.extent >= count)
-        .map(|layout| cut(graph, node, layout, count, memory, unsharded_memory))
+        .map(|layout| cut(graph, node, layout, count, memory, unsharded_memory, joined))
         .filter(|plan| plan.memory() <= limit)
         .min_by_key(|plan| plan.shards.iter().map(|s| s.io_bytes).sum::<u64>())
 }
 
 /// `layout` in `count` shards.
-fn cut(graph: &Graph, node: NodeId, layout: Layout, count: u64, memory: &MemoryModel, unsharded_memory: u64) -> ShardPlan {
+fn cut(graph: &Graph, node: NodeId, layout: Layout, count: u64, memory: &MemoryModel, unsharded_memory: u64, joined: u64) -> ShardPlan {
     let shards = ranges(layout.extent, count)
         .into_iter()
         .enumerate()
-        .map(|(j, range)| shard_cost(graph, node, &layout, range, j == 0, memory))
+        .map(|(j, range)| shard_cost(graph, node, &layout, range, j == 0, joined, memory))
         .collect();
     ShardPlan { node, layout, shards, unsharded_memory, run: vec![] }
 }
@@ -347,6 +349,6 @@ fn cut(graph: &Graph, node: NodeId, layout: Layout, count: u64, memory: &MemoryM
 pub fn finest(graph: &Graph, node: NodeId, memory: &MemoryModel) -> Option<(u64, Strategy)> {
     layouts(graph, node)
         .into_iter()
-        .map(|l| (largest(graph, node, &l, l.extent, memory), l.strategy))
+        .map(|l| (largest(graph, node, &l, l.extent, 0, memory), l.strategy))
         .min_by_key(|(m, _)| *m)
 }
