@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::memory::{MemoryModel, working_bytes};
 use super::order::{Liveness, packed_activations};
-use super::shard::{Join, Layout, ShardCost, ShardPlan, Strategy};
+use super::shard::{Join, Layout, ShardCost, ShardPlan, Strategy, ranges};
 use crate::onnx::{Graph, NodeId, TensorId};
 
 /// Unary elementwise operators a band computes row by row.
@@ -230,29 +230,15 @@ fn band_cost(graph: &Graph, run: &Run, band: (u64, u64), weights: (u64, u64), jo
     }
 }
 
-/// `rows` output rows in `count` near-equal bands, the larger first.
-fn bands(rows: u64, count: u64) -> Vec<(u64, u64)> {
-    let (q, r) = (rows / count, rows % count);
-    let mut lo = 0;
-    (0..count)
-        .map(|j| {
-            let hi = lo + q + u64::from(j < r);
-            let band = (lo, hi);
-            lo = hi;
-            band
-        })
-        .collect()
-}
-
 /// The run's shards when cut into `count` bands.
 fn cut(graph: &Graph, run: &Run, count: u64, weights: (u64, u64), joined: u64, memory: &MemoryModel) -> Vec<ShardCost> {
-    bands(run.height(graph), count).into_iter().map(|band| band_cost(graph, run, band, weights, joined, memory)).collect()
+    ranges(run.height(graph), count).into_iter().map(|band| band_cost(graph, run, band, weights, joined, memory)).collect()
 }
 
 /// The largest band's estimate when the run is cut into `count` bands: the first, a middle or the last
 /// band (the bands differ by one row at most, and only the edges lack a halo on one side).
 fn largest(graph: &Graph, run: &Run, count: u64, weights: (u64, u64), joined: u64, memory: &MemoryModel) -> u64 {
-    let all = bands(run.height(graph), count);
+    let all = ranges(run.height(graph), count);
     [0, all.len() / 2, all.len() - 1].into_iter().map(|j| band_cost(graph, run, all[j], weights, joined, memory).memory).max().unwrap_or(0)
 }
 

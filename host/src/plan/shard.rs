@@ -281,7 +281,7 @@ fn shard_cost(graph: &Graph, node: NodeId, layout: &Layout, range: (u64, u64), f
 }
 
 /// `extent` units in `count` near-equal ranges, the larger first.
-fn ranges(extent: u64, count: u64) -> Vec<(u64, u64)> {
+pub(super) fn ranges(extent: u64, count: u64) -> Vec<(u64, u64)> {
     let (q, r) = (extent / count, extent % count);
     let mut lo = 0;
     (0..count)
